@@ -1,0 +1,107 @@
+"""Reject a bad run configuration before any data is loaded or any epoch runs."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from swa_repro.data import DATASET_NAMES
+from swa_repro.models import MODEL_NAMES
+
+METHOD_NAMES = ("sgd", "swa")
+SCHEDULE_NAMES = ("constant", "cyclic", "paper")
+CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+
+
+class ConfigError(ValueError):
+    """A configuration mistake; its message is one line."""
+
+
+def _positive(value, key: str) -> None:
+    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key} must be a positive number, got {value!r}")
+
+
+def _positive_int(value, key: str) -> None:
+    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+
+
+def _one_of(value, valid: tuple[str, ...], key: str) -> None:
+    if value not in valid:
+        raise ConfigError(f"unknown {key} '{value}'; valid names: {', '.join(sorted(valid))}")
+
+
+def validate_config(cfg) -> None:
+    """Raise ConfigError naming the first problem in a training config."""
+    _one_of(cfg.model.name, MODEL_NAMES, "model.name")
+    _one_of(cfg.data.name, DATASET_NAMES, "data.name")
+    _one_of(cfg.method.name, METHOD_NAMES, "method.name")
+    _one_of(cfg.schedule.name, SCHEDULE_NAMES, "schedule.name")
+
+    _positive_int(cfg.epochs, "epochs")
+    _positive_int(cfg.budget, "budget")
+    _positive(cfg.optim.lr_init, "optim.lr_init")
+    _positive_int(cfg.optim.batch_size, "optim.batch_size")
+    _positive_int(cfg.eval_every, "eval_every")
+    _positive_int(cfg.eval_batch_size, "eval_batch_size")
+    _positive_int(cfg.checkpoint.every, "checkpoint.every")
+    if cfg.optim.momentum < 0 or cfg.optim.weight_decay < 0:
+        raise ConfigError("optim.momentum and optim.weight_decay must be >= 0")
+    for epoch in cfg.checkpoint.keep_epochs:
+        if not isinstance(epoch, int) or not 1 <= epoch <= cfg.epochs:
+            raise ConfigError(f"checkpoint.keep_epochs entries must be epochs in 1..{cfg.epochs}, got {epoch!r}")
+
+    if cfg.method.swa:
+        _positive(cfg.method.swa_lr, "method.swa_lr")
+        _positive_int(cfg.method.swa_c_epochs, "method.swa_c_epochs")
+        start = cfg.method.swa_start
+        if not isinstance(start, int | float) or isinstance(start, bool) or not 1 <= start <= cfg.epochs:
+            raise ConfigError(f"method.swa_start must lie in 1..epochs={cfg.epochs}, got {start!r}")
+        for reading in cfg.method.budget_readings:
+            _positive(reading, "method.budget_readings entries")
+
+    if cfg.schedule.name == "constant":
+        _positive(cfg.schedule.lr, "schedule.lr")
+    elif cfg.schedule.name == "cyclic":
+        _positive(cfg.schedule.a1, "schedule.a1")
+        _positive(cfg.schedule.a2, "schedule.a2")
+        _positive_int(cfg.schedule.cycle_epochs, "schedule.cycle_epochs")
+
+    _check_data(cfg.data)
+    _check_device(cfg.device)
+    if cfg.resume != "auto" and not Path(cfg.resume).is_file():
+        raise ConfigError(f"resume must be 'auto' or an existing checkpoint file, got {cfg.resume!r}")
+
+
+def _check_data(data) -> None:
+    expected = CIFAR_CLASSES.get(data.name)
+    if expected is not None:
+        if data.num_classes != expected:
+            raise ConfigError(f"data.num_classes={data.num_classes} does not match {data.name} ({expected} classes)")
+        if Path(data.root).expanduser().is_file():
+            raise ConfigError(f"data.root={data.root} is a file; it must be the folder that holds the data")
+    else:
+        _positive_int(data.num_classes, "data.num_classes")
+        if data.num_classes < 2:
+            raise ConfigError(f"data.num_classes must be at least 2, got {data.num_classes}")
+        _positive_int(data.train_size, "data.train_size")
+        _positive_int(data.test_size, "data.test_size")
+
+
+def _check_device(device: str) -> None:
+    if device in ("auto", "cpu"):
+        return
+    try:
+        parsed = torch.device(device)
+    except RuntimeError:
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"device={device} requested but CUDA is not available; use device=cpu or auto")
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)

@@ -1,0 +1,141 @@
+"""The files of one run directory, and choosing the checkpoint to resume from.
+
+    config.yaml            resolved config
+    metrics.jsonl          one JSON object per evaluated epoch (rewritten atomically)
+    summary.json           written last: its presence marks a finished run
+    checkpoints/last.pt    latest state (every checkpoint.every epochs, and on a stop signal)
+    checkpoints/last.prev.pt  the one before, the fallback when last.pt is damaged
+    checkpoints/epoch_NNNN.pt kept states (budget epochs, checkpoint.keep_epochs)
+
+Disk use is bounded: two rolling checkpoints plus the kept epochs.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from omegaconf import DictConfig, OmegaConf
+
+from swa_repro.checkpoint import CheckpointError, fsync_dir, load_checkpoint, save_checkpoint
+from swa_repro.config_check import ConfigError
+
+# Keys that may differ between a run and its resumption (they do not change the numbers).
+RESUME_FREE_KEYS = {"resume", "progress", "device", "eval_batch_size", "paths", "logger"}
+
+
+class RunFiles:
+    def __init__(self, root: Path):
+        self.root = root
+        self.checkpoints = root / "checkpoints"
+        self.summary = root / "summary.json"
+        self.metrics = root / "metrics.jsonl"
+        self.last = self.checkpoints / "last.pt"
+        self.previous = self.checkpoints / "last.prev.pt"
+        self.incoming = self.checkpoints / "next.pt"
+
+    def finished(self) -> bool:
+        return self.summary.is_file()
+
+    def read_summary(self) -> dict:
+        return json.loads(self.summary.read_text())
+
+    def write_config(self, cfg: DictConfig) -> None:
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+
+    def write_metrics(self, records: list[dict]) -> None:
+        write_text_atomic(self.metrics, "".join(json.dumps(r) + "\n" for r in records))
+
+    def write_summary(self, summary: dict) -> None:
+        write_text_atomic(self.summary, json.dumps(summary, indent=2) + "\n")
+
+    def save_rolling(self, state: dict) -> None:
+        """Write next.pt completely, then last.pt -> last.prev.pt, next.pt -> last.pt."""
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
+        save_checkpoint(state, self.incoming)
+        if self.last.exists():
+            os.replace(self.last, self.previous)
+        os.replace(self.incoming, self.last)
+        fsync_dir(self.checkpoints)
+
+    def save_kept(self, state: dict, epoch: int) -> None:
+        save_checkpoint(state, self.kept(epoch))
+
+    def kept(self, epoch: int) -> Path:
+        return self.checkpoints / f"epoch_{epoch:04d}.pt"
+
+    def candidates(self) -> list[Path]:
+        """Resume candidates, newest first."""
+        kept = sorted(self.checkpoints.glob("epoch_*.pt"), reverse=True)
+        return [p for p in (self.incoming, self.last, self.previous, *kept) if p.is_file()]
+
+    def latest_description(self) -> str:
+        return str(self.last) if self.last.is_file() else "none written yet"
+
+
+def find_resume_state(resume: str, files: RunFiles) -> dict | None:
+    """The checkpoint to continue from: an explicit path, or the newest good one of the run.
+
+    A damaged candidate is reported in one line and renamed to *.corrupt (kept for
+    inspection, and never rotated over a good file); the next one is tried.
+    """
+    if resume != "auto":
+        state = load_checkpoint(resume)
+        state["path"] = str(resume)
+        return state
+    candidates = files.candidates()
+    damaged = []
+    for path in candidates:
+        try:
+            state = load_checkpoint(path)
+        except CheckpointError as exc:
+            print(f"warning: {exc}; trying an earlier checkpoint")
+            damaged.append(path)
+            aside = path.with_name(path.name + ".corrupt")
+            n = 1
+            while aside.exists():
+                aside, n = path.with_name(f"{path.name}.corrupt{n}"), n + 1
+            os.replace(path, aside)
+            continue
+        state["path"] = str(path)
+        return state
+    if damaged:
+        raise CheckpointError(
+            f"no loadable checkpoint in {files.checkpoints} (damaged ones renamed *.corrupt); "
+            "move the folder away to start this run over"
+        )
+    return None
+
+
+def check_same_config(saved_yaml: str, cfg: DictConfig) -> None:
+    """Refuse to continue a run under a different configuration."""
+    saved = OmegaConf.to_container(OmegaConf.create(saved_yaml))
+    current = OmegaConf.to_container(cfg, resolve=True)
+    differing = sorted(_differences(saved, current))
+    if differing:
+        raise ConfigError(
+            f"the run directory holds a run with a different config (differs in: {', '.join(differing)}); "
+            "use another name=... or restore the original settings"
+        )
+
+
+def _differences(a, b, prefix: str = "") -> set[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        out = set()
+        for key in set(a) | set(b):
+            if not prefix and key in RESUME_FREE_KEYS:
+                continue
+            out |= _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+        return out
+    return set() if a == b else {prefix.rstrip(".")}
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
+    with open(tmp, "w") as f:
+        f.write(text)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)

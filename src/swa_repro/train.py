@@ -1,0 +1,322 @@
+"""Train one CIFAR run with SGD or SWA, as in the authors' train.py.
+
+    python -m swa_repro.train experiment=cifar100/preresnet164_swa seed=1
+
+Per epoch: set the LR from the schedule, one pass of SGD over the augmented training
+stream, collect the weights into the SWA average when due, evaluate SGD (and SWA,
+after a BN refresh) when due, checkpoint. The run directory receives config.yaml,
+metrics.jsonl (one line per evaluated epoch), summary.json and checkpoints/.
+Relaunching the same command resumes from the last good checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+
+import hydra
+import torch
+import torch.nn.functional as F
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, OmegaConf
+from tqdm.auto import tqdm
+
+from swa_repro.averaging import is_averaging_epoch, make_averaged_model
+from swa_repro.bn_refresh import refresh_bn
+from swa_repro.checkpoint import CheckpointError
+from swa_repro.config_check import ConfigError, resolve_device, validate_config
+from swa_repro.data import DataError, Normalizer, TrainStream, eval_batches, load_data
+from swa_repro.metrics import evaluate
+from swa_repro.models import build_model
+from swa_repro.preemption import EXIT_PREEMPTED, StopRequest
+from swa_repro.rng import capture_rng_state, restore_rng_state, seed_everything
+from swa_repro.run_files import RunFiles, check_same_config, find_resume_state
+from swa_repro.schedule import build_schedule
+
+CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+LOSS_CHECK_EVERY = 20  # steps between host syncs (progress bar, non-finite loss check)
+EXIT_USER_ERROR = 2
+EXIT_NON_FINITE = 3
+
+
+class NonFiniteError(RuntimeError):
+    """The loss or the weights became NaN or Inf."""
+
+
+class Preempted(Exception):
+    """A stop signal arrived; a checkpoint has been written."""
+
+
+def budget_epochs(cfg: DictConfig) -> dict[int, str]:
+    """Epoch (1-based) -> budget label at which the run's headline model is read."""
+    fractions = cfg.method.budget_readings if cfg.method.swa else [1.0]
+    readings = {math.floor(cfg.budget * f): f"{f:g}" for f in fractions}
+    return {epoch: label for epoch, label in readings.items() if epoch <= cfg.epochs}
+
+
+def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+    """Run (or resume, or recognise as finished) the run in `run_dir`; returns its summary."""
+    validate_config(cfg)
+    files = RunFiles(Path(run_dir))
+    if files.finished() and cfg.resume == "auto":
+        print(f"{files.root}: already finished, nothing to do (summary: {files.summary})")
+        return files.read_summary()
+    resumed = find_resume_state(cfg.resume, files)
+    if resumed is not None and cfg.resume == "auto":
+        check_same_config(resumed["config"], cfg)
+    files.write_config(cfg)
+
+    # --- set-up: data on the device, model, averaged copy, optimiser, schedule -------------
+    device = resolve_device(cfg.device)
+    seed_everything(cfg.seed)
+    data = load_data(cfg.data).to(device)
+    model = build_model(cfg.model.name, data.num_classes).to(device)
+    swa_model = make_averaged_model(model) if cfg.method.swa else None
+    optimizer = torch.optim.SGD(
+        model.parameters(),
+        lr=cfg.optim.lr_init,
+        momentum=cfg.optim.momentum,
+        weight_decay=cfg.optim.weight_decay,
+    )
+    schedule = build_schedule(cfg)
+    normalize = Normalizer(cfg.model.mean, cfg.model.std, device)
+    stream = TrainStream(data.train_x, data.train_y, cfg.optim.batch_size, normalize, cfg.seed)
+    steps_per_epoch = len(stream)
+    readings_at = budget_epochs(cfg)
+    keep_epochs = set(cfg.checkpoint.keep_epochs) | set(readings_at)
+
+    def test_batches():
+        return eval_batches(data.test_x, data.test_y, cfg.eval_batch_size, normalize)
+
+    # --- state that a checkpoint carries beyond the modules ---------------------------------
+    start_epoch, start_step = 0, 0
+    totals = [0.0, 0.0, 0]  # loss sum, correct, samples of the epoch in progress
+    metrics: list[dict] = []
+    readings: dict[str, dict] = {}
+    elapsed = 0.0
+    if resumed is not None:
+        model.load_state_dict(resumed["model"])
+        optimizer.load_state_dict(resumed["optimizer"])
+        if swa_model is not None:
+            swa_model.load_state_dict(resumed["swa_model"])
+        restore_rng_state(resumed["rng"])
+        start_epoch, start_step, totals = resumed["epoch"], resumed["step"], list(resumed["totals"])
+        metrics, readings = json.loads(resumed["metrics"]), json.loads(resumed["readings"])
+        elapsed = resumed["elapsed_s"]
+        where = f"epoch {start_epoch + 1} step {start_step + 1}" if start_step else f"epoch {start_epoch + 1}"
+        print(f"resuming {files.root} at {where} from {resumed['path']}")
+    print_header(cfg, files, device, model, data.name)
+
+    def checkpoint_state(epoch: int, step: int) -> dict:
+        return {
+            "epoch": epoch,
+            "step": step,
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "swa_model": swa_model.state_dict() if swa_model is not None else None,
+            "rng": capture_rng_state(),
+            "totals": totals,
+            "metrics": json.dumps(metrics),
+            "readings": json.dumps(readings),
+            "elapsed_s": elapsed + time.time() - t_start,
+            "config": OmegaConf.to_yaml(cfg, resolve=True),
+        }
+
+    t_start = time.time()
+    with StopRequest() as stop:
+        for epoch in range(start_epoch, cfg.epochs):
+            t_epoch = time.time()
+            first_step = start_step if epoch == start_epoch else 0
+            if first_step == 0:
+                totals = [0.0, 0.0, 0]
+            loss_sum = torch.tensor(totals[0], dtype=torch.float64, device=device)
+            correct = torch.tensor(int(totals[1]), dtype=torch.int64, device=device)
+            seen = totals[2]
+            pending_losses: list[torch.Tensor] = []
+            epoch_lr = schedule(epoch, 0, steps_per_epoch)
+
+            # --- one epoch of SGD ------------------------------------------------------------
+            model.train()
+            bar = tqdm(
+                stream.batches("train", epoch, first_step),
+                total=steps_per_epoch,
+                initial=first_step,
+                desc=f"epoch {epoch + 1}/{cfg.epochs}",
+                leave=False,
+                disable=None if cfg.progress else True,  # None: off when not a terminal
+                dynamic_ncols=True,
+            )
+            for step, (inputs, labels) in enumerate(bar, start=first_step):
+                lr = schedule(epoch, step, steps_per_epoch)
+                for group in optimizer.param_groups:
+                    group["lr"] = lr
+                logits = model(inputs)
+                loss = F.cross_entropy(logits, labels)
+                optimizer.zero_grad(set_to_none=True)
+                loss.backward()
+                optimizer.step()
+
+                loss_sum += loss.detach().double() * len(labels)
+                correct += (logits.detach().argmax(dim=1) == labels).sum()
+                seen += len(labels)
+                pending_losses.append(loss.detach())
+                if len(pending_losses) == LOSS_CHECK_EVERY or step == steps_per_epoch - 1 or stop:
+                    check_losses(pending_losses, epoch, step, files)
+                    pending_losses = []
+                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}", lr=f"{lr:.4g}")
+                if stop and step < steps_per_epoch - 1:
+                    totals = [loss_sum.item(), float(correct.item()), seen]
+                    files.save_rolling(checkpoint_state(epoch, step + 1))
+                    stop.handover()
+                    raise Preempted(f"stopped by signal {stop.signum} at epoch {epoch + 1} step {step + 1}")
+            bar.close()
+            check_weights(model, epoch, files)
+            train_loss, train_acc = loss_sum.item() / seen, 100.0 * correct.item() / seen
+
+            # --- averaging, evaluation, budget readings ------------------------------------------
+            if swa_model is not None and is_averaging_epoch(epoch, cfg.method.swa_start, cfg.method.swa_c_epochs):
+                swa_model.update_parameters(model)
+            done = epoch + 1
+            if epoch == 0 or done % cfg.eval_every == 0 or done == cfg.epochs or done in readings_at:
+                record = {"epoch": done, "lr": epoch_lr, "train_loss": train_loss, "train_acc": train_acc}
+                record.update(prefixed("test_", evaluate(model, test_batches())))
+                swa_evaluated = swa_model is not None and int(swa_model.n_averaged) > 0
+                if swa_evaluated:
+                    refresh_bn(swa_model, (x for x, _ in stream.batches("bn_refresh", epoch)))
+                    record.update(prefixed("swa_test_", evaluate(swa_model, test_batches())))
+                    record["n_averaged"] = int(swa_model.n_averaged)
+                record["time_s"] = time.time() - t_epoch
+                metrics.append(record)
+                files.write_metrics(metrics)
+                if done in readings_at:
+                    source = "swa_test_" if swa_evaluated else "test_"
+                    readings[readings_at[done]] = budget_reading(record, source)
+            print_epoch(metrics[-1] if metrics and metrics[-1]["epoch"] == done else None, done, cfg.epochs,
+                        epoch_lr, train_loss, train_acc, time.time() - t_epoch)
+
+            # --- checkpoint --------------------------------------------------------------------
+            totals = [0.0, 0.0, 0]
+            if done % cfg.checkpoint.every == 0 or done == cfg.epochs or done in keep_epochs or stop:
+                state = checkpoint_state(done, 0)
+                files.save_rolling(state)
+                if done in keep_epochs:
+                    files.save_kept(state, done)
+            if stop and done < cfg.epochs:
+                stop.handover()
+                raise Preempted(f"stopped by signal {stop.signum} after epoch {done}")
+
+    summary = make_summary(cfg, data.name, metrics, readings, schedule, steps_per_epoch, elapsed + time.time() - t_start)
+    files.write_summary(summary)
+    print_summary(summary, files)
+    return summary
+
+
+def prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
+    return {prefix + key: value for key, value in values.items()}
+
+
+def budget_reading(record: dict, source: str) -> dict:
+    reading = {"epoch": record["epoch"]}
+    reading.update({f"test_{k}": record[source + k] for k in ("acc", "loss", "nll", "ece")})
+    if "n_averaged" in record and source == "swa_test_":
+        reading["n_averaged"] = record["n_averaged"]
+    return reading
+
+
+def check_losses(losses: list[torch.Tensor], epoch: int, last_step: int, files: RunFiles) -> None:
+    values = torch.stack(losses).float().cpu()
+    bad = (~torch.isfinite(values)).nonzero()
+    if len(bad):
+        i = int(bad[0])
+        step = last_step - len(losses) + 1 + i
+        raise NonFiniteError(
+            f"loss is {values[i].item()} at epoch {epoch + 1} step {step + 1}; stopping. "
+            f"Last good checkpoint: {files.latest_description()}"
+        )
+
+
+def check_weights(model: torch.nn.Module, epoch: int, files: RunFiles) -> None:
+    if not all(bool(torch.isfinite(p).all()) for p in model.parameters()):
+        raise NonFiniteError(
+            f"non-finite weights after epoch {epoch + 1}; stopping. Last good checkpoint: {files.latest_description()}"
+        )
+
+
+def make_summary(cfg, data_name, metrics, readings, schedule, steps_per_epoch, elapsed) -> dict:
+    last = metrics[-1]
+    final_sgd = {k: last[f"test_{k}"] for k in ("acc", "loss", "nll", "ece")}
+    final_sgd.update(train_loss=last["train_loss"], train_acc=last["train_acc"])
+    final_swa = None
+    if "swa_test_acc" in last:
+        final_swa = {k: last[f"swa_test_{k}"] for k in ("acc", "loss", "nll", "ece")}
+        final_swa["n_averaged"] = last["n_averaged"]
+    return {
+        "status": "finished",
+        "synthetic": data_name == "synthetic",
+        "data": data_name,
+        "model": cfg.model.name,
+        "method": cfg.method.name,
+        "seed": cfg.seed,
+        "epochs": cfg.epochs,
+        "budget": cfg.budget,
+        "final": {"sgd": final_sgd, "swa": final_swa},
+        "budgets": readings,
+        "lr_curve": [schedule(e, 0, steps_per_epoch) for e in range(cfg.epochs)],
+        "wall_time_s": elapsed,
+    }
+
+
+def print_header(cfg, files: RunFiles, device, model, data_name: str) -> None:
+    n_params = sum(p.numel() for p in model.parameters())
+    tag = " [SYNTHETIC DATA]" if data_name == "synthetic" else ""
+    swa = f", SWA from epoch {cfg.method.swa_start} (swa_lr {cfg.method.swa_lr})" if cfg.method.swa else ""
+    print(
+        f"{data_name}{tag} | {cfg.model.name} ({n_params:,} params) | {cfg.method.name}: {cfg.epochs} epochs, "
+        f"lr_init {cfg.optim.lr_init}, wd {cfg.optim.weight_decay}{swa} | seed {cfg.seed} | {device} | {files.root}"
+    )
+
+
+def print_epoch(record, done, epochs, lr, train_loss, train_acc, seconds) -> None:
+    line = f"ep {done:>4}/{epochs}  lr {lr:.5f}  train loss {train_loss:.4f} acc {train_acc:6.2f}"
+    if record is not None:
+        line += f" | test acc {record['test_acc']:6.2f} nll {record['test_nll']:.4f}"
+        if "swa_test_acc" in record:
+            line += f" | SWA acc {record['swa_test_acc']:6.2f} nll {record['swa_test_nll']:.4f} (n={record['n_averaged']})"
+    tqdm.write(line + f" | {seconds:.1f}s")
+
+
+def print_summary(summary: dict, files: RunFiles) -> None:
+    tag = " [SYNTHETIC DATA]" if summary["synthetic"] else ""
+    rows = [("SGD (final)", summary["final"]["sgd"])]
+    if summary["final"]["swa"] is not None:
+        rows += [(f"SWA {label} budget (ep {r['epoch']})", r) for label, r in summary["budgets"].items()]
+    print(f"\n{summary['data']}{tag} {summary['model']} {summary['method']} seed {summary['seed']}: finished in "
+          f"{summary['wall_time_s'] / 60:.1f} min")
+    print(f"{'model':<28}{'test acc %':>11}{'NLL':>9}{'ECE':>8}")
+    for name, r in rows:
+        acc, nll, ece = (r.get(k, r.get(f"test_{k}")) for k in ("acc", "nll", "ece"))
+        print(f"{name:<28}{acc:>11.2f}{nll:>9.4f}{ece:>8.4f}")
+    print(f"results: {files.summary}  metrics: {files.metrics}")
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    run_dir = HydraConfig.get().runtime.output_dir
+    try:
+        train(cfg, run_dir)
+    except (ConfigError, DataError, CheckpointError) as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_USER_ERROR)
+    except NonFiniteError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        sys.exit(EXIT_NON_FINITE)
+    except Preempted as exc:
+        print(f"{exc}; checkpoint written, relaunch the same command to resume", file=sys.stderr)
+        sys.exit(EXIT_PREEMPTED)
+
+
+if __name__ == "__main__":
+    main()
