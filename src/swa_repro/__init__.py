@@ -1,0 +1,1 @@
+"""Stochastic Weight Averaging reproduction (Izmailov et al., UAI 2018)."""

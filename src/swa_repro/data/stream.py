@@ -1,0 +1,94 @@
+"""Device-resident batches with batched on-device augmentation (no DataLoader).
+
+The whole split lives on the training device as uint8. An epoch is planned up front
+from a generator seeded by (seed, purpose, epoch): a permutation, and per image a crop
+offset (dx, dy) in 0..8 and a flip bit. A batch is then one gather that pads with
+zeros in raw pixel space (black, as torchvision's RandomCrop(32, padding=4) before
+Normalize), crops 32x32, flips, and finally normalises. The last batch of an epoch is
+short (50000 = 390 x 128 + 80), as with the authors' DataLoader.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from swa_repro.rng import derive_seed
+
+PAD = 4
+SIZE = 32
+
+
+@dataclass
+class EpochPlan:
+    order: torch.Tensor  # (N,) permutation
+    dx: torch.Tensor  # (N,) crop column offset in the padded image, 0..2*PAD
+    dy: torch.Tensor  # (N,) crop row offset
+    flip: torch.Tensor  # (N,) bool
+
+
+def plan_epoch(n: int, seed: int, device: torch.device) -> EpochPlan:
+    """Shuffle and augmentation draws for one pass, on CPU (identical on every device)."""
+    gen = torch.Generator().manual_seed(seed)
+    order = torch.randperm(n, generator=gen)
+    dx = torch.randint(0, 2 * PAD + 1, (n,), generator=gen)
+    dy = torch.randint(0, 2 * PAD + 1, (n,), generator=gen)
+    flip = torch.randint(0, 2, (n,), generator=gen).bool()
+    return EpochPlan(*(t.to(device) for t in (order, dx, dy, flip)))
+
+
+def crop_flip(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+    """Zero-pad by PAD, take the SIZE x SIZE window at (dy, dx), mirror where flip: one gather."""
+    b = images.shape[0]
+    padded = F.pad(images, (PAD, PAD, PAD, PAD))
+    ar = torch.arange(SIZE, device=images.device)
+    rows = dy[:, None] + ar
+    cols = torch.where(flip[:, None], dx[:, None] + (SIZE - 1 - ar), dx[:, None] + ar)
+    batch_idx = torch.arange(b, device=images.device)[:, None, None, None]
+    chan_idx = torch.arange(images.shape[1], device=images.device)[None, :, None, None]
+    return padded[batch_idx, chan_idx, rows[:, None, :, None], cols[:, None, None, :]]
+
+
+class Normalizer:
+    """uint8 images -> float, (x / 255 - mean) / std per channel."""
+
+    def __init__(self, mean, std, device: torch.device):
+        self.mean = torch.tensor(mean, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+        self.std = torch.tensor(std, device=device, dtype=torch.float32).view(1, -1, 1, 1)
+
+    def __call__(self, images: torch.Tensor) -> torch.Tensor:
+        return (images.float() / 255.0 - self.mean) / self.std
+
+
+class TrainStream:
+    """Shuffled, augmented, normalised batches of a training split."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalizer, seed: int):
+        self.images, self.labels = images, labels
+        self.batch_size, self.normalize, self.seed = batch_size, normalize, seed
+
+    def __len__(self) -> int:
+        return -(-len(self.labels) // self.batch_size)
+
+    def batches(self, purpose: str, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, labels) for one pass; (purpose, epoch) picks the draws, start_step skips ahead."""
+        plan = plan_epoch(len(self.labels), derive_seed(self.seed, purpose, epoch), self.images.device)
+        for step in range(start_step, len(self)):
+            idx = plan.order[step * self.batch_size : (step + 1) * self.batch_size]
+            crops = crop_flip(self.images[idx], plan.dx[idx], plan.dy[idx], plan.flip[idx])
+            yield self.normalize(crops), self.labels[idx]
+
+    def inputs(self, purpose: str, epoch: int) -> Iterator[torch.Tensor]:
+        """Inputs only (for the BN refresh)."""
+        return (x for x, _ in self.batches(purpose, epoch))
+
+
+def eval_batches(
+    images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalizer
+) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Unaugmented batches in storage order."""
+    for start in range(0, len(labels), batch_size):
+        yield normalize(images[start : start + batch_size]), labels[start : start + batch_size]
