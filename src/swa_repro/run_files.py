@@ -41,6 +41,9 @@ class RunFiles:
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text())
 
+    def read_config(self) -> str:
+        return (self.root / "config.yaml").read_text()
+
     def write_config(self, cfg: DictConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -85,6 +88,8 @@ def find_resume_state(resume: str, files: RunFiles) -> dict | None:
         state = load_checkpoint(resume)
         state["path"] = str(resume)
         return state
+    for orphan in files.checkpoints.glob(".*.tmp*"):  # left by a crash mid-write; never a complete file
+        orphan.unlink()
     candidates = files.candidates()
     damaged = []
     for path in candidates:

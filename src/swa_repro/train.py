@@ -62,6 +62,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     validate_config(cfg)
     files = RunFiles(Path(run_dir))
     if files.finished() and cfg.resume == "auto":
+        check_same_config(files.read_config(), cfg)
         print(f"{files.root}: already finished, nothing to do (summary: {files.summary})")
         return files.read_summary()
     resumed = find_resume_state(cfg.resume, files)
@@ -201,9 +202,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             totals = [0.0, 0.0, 0]
             if done % cfg.checkpoint.every == 0 or done == cfg.epochs or done in keep_epochs or stop:
                 state = checkpoint_state(done, 0)
-                files.save_rolling(state)
-                if done in keep_epochs:
+                if done in keep_epochs:  # before the rolling save: a crash between them must not lose it
                     files.save_kept(state, done)
+                files.save_rolling(state)
             if stop and done < cfg.epochs:
                 stop.handover()
                 raise Preempted(f"stopped by signal {stop.signum} after epoch {done}")

@@ -17,7 +17,16 @@ __all__ = ["DATASET_NAMES", "DataError", "Normalizer", "Splits", "TrainStream", 
 def load_data(cfg) -> Splits:
     """The splits named by a data config (conf/data/*.yaml), on CPU."""
     if cfg.name == "synthetic":
-        return make_synthetic(cfg.num_classes, cfg.train_size, cfg.test_size, cfg.seed)
+        return make_synthetic(
+            cfg.num_classes,
+            cfg.train_size,
+            cfg.test_size,
+            cfg.seed,
+            signal=cfg.signal,
+            distractor=cfg.distractor,
+            noise=cfg.noise,
+            label_noise=cfg.label_noise,
+        )
     if cfg.name in ("cifar10", "cifar100"):
         return load_cifar(cfg.name, Path(cfg.root), cfg.download)
     raise DataError(f"unknown data set '{cfg.name}'; valid names: {', '.join(DATASET_NAMES)}")

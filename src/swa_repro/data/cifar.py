@@ -22,6 +22,7 @@ _FORMATS = {
     "cifar100": ("CIFAR100", "fine_labels", 100),
 }
 _SAFE_GLOBALS = {
+    ("_codecs", "encode"),  # how Python 3 pickles bytes at protocol 2; builds bytes only
     ("numpy.core.multiarray", "_reconstruct"),
     ("numpy._core.multiarray", "_reconstruct"),
     ("numpy", "ndarray"),

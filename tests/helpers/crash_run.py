@@ -1,0 +1,167 @@
+"""Run `python -m swa_repro.train` with a trigger planted at a precise point of the run.
+
+    python tests/helpers/crash_run.py POINT:N ACTION [--marker FILE] -- <hydra overrides>
+
+POINT (the N-th occurrence, 1-based, counted over this process):
+    step     a training step: the N-th call of F.cross_entropy with grad enabled
+             (evaluation calls run under no_grad and are not counted); fires before the loss
+    bn       the N-th BN refresh of the SWA model, after its first batch went through
+    write    the N-th checkpoint file write (swa_repro.checkpoint.save_checkpoint): fires after
+             half of the payload reached the temporary file, before the digest and the rename
+    rename   the N-th `os.replace(next.pt, last.pt)` in RunFiles.save_rolling: fires after
+             last.pt -> last.prev.pt, before next.pt -> last.pt
+ACTION:
+    kill     os.kill(own pid, SIGKILL): the process dies on the spot
+    TERM, USR1, USR2
+             send that signal to itself and carry on (the run checkpoints and exits 75)
+    wait     touch --marker FILE, then block until a stop signal sent from outside has been
+             recorded by the run's StopRequest, and carry on
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import sys
+import time
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+
+import swa_repro.checkpoint
+import swa_repro.run_files
+import swa_repro.train
+
+WAIT_LIMIT_S = 60.0
+
+
+def parse(argv: list[str]) -> tuple[str, int, str, Path | None, list[str]]:
+    split = argv.index("--")
+    head, overrides = argv[:split], argv[split + 1 :]
+    point, n = head[0].split(":")
+    action = head[1]
+    marker = Path(head[head.index("--marker") + 1]) if "--marker" in head else None
+    if point not in ("step", "bn", "write", "rename"):
+        raise SystemExit(f"crash_run: unknown point {point!r}")
+    if action not in ("kill", "TERM", "USR1", "USR2", "wait"):
+        raise SystemExit(f"crash_run: unknown action {action!r}")
+    if action == "wait" and marker is None:
+        raise SystemExit("crash_run: wait needs --marker FILE")
+    return point, int(n), action, marker, overrides
+
+
+def main() -> None:
+    point, target, action, marker, overrides = parse(sys.argv[1:])
+    stops: list = []
+
+    class RecordingStopRequest(swa_repro.train.StopRequest):
+        def __enter__(self):
+            stops.append(self)
+            return super().__enter__()
+
+    swa_repro.train.StopRequest = RecordingStopRequest
+
+    def fire() -> None:
+        if action == "kill":
+            sys.stdout.flush()
+            os.kill(os.getpid(), signal.SIGKILL)
+            time.sleep(WAIT_LIMIT_S)  # never reached: SIGKILL cannot be caught
+        elif action == "wait":
+            marker.touch()
+            deadline = time.monotonic() + WAIT_LIMIT_S
+            while not (stops and stops[-1]):
+                if time.monotonic() > deadline:
+                    raise SystemExit("crash_run: no stop signal arrived")
+                time.sleep(0.01)
+        else:
+            os.kill(os.getpid(), getattr(signal, "SIG" + action))
+
+    count = 0
+
+    def hit() -> bool:
+        nonlocal count
+        count += 1
+        return count == target
+
+    if point == "step":
+        real_ce = F.cross_entropy
+
+        def cross_entropy(*args, **kwargs):
+            if torch.is_grad_enabled() and hit():
+                fire()
+            return real_ce(*args, **kwargs)
+
+        F.cross_entropy = cross_entropy
+
+    elif point == "bn":
+        real_refresh = swa_repro.train.refresh_bn
+
+        def refresh_bn(model, batches):
+            if not hit():
+                return real_refresh(model, batches)
+
+            def interrupted():
+                for i, batch in enumerate(batches):
+                    if i == 1:
+                        fire()
+                    yield batch
+
+            return real_refresh(model, interrupted())
+
+        swa_repro.train.refresh_bn = refresh_bn
+
+    elif point == "write":
+
+        class HalfWriter:
+            """A file whose first write stops halfway (the data is on disk) and fires."""
+
+            def __init__(self, f):
+                self.f = f
+
+            def __enter__(self):
+                self.f.__enter__()
+                return self
+
+            def __exit__(self, *exc):
+                return self.f.__exit__(*exc)
+
+            def write(self, data):
+                half = len(data) // 2
+                self.f.write(data[:half])
+                self.f.flush()
+                os.fsync(self.f.fileno())
+                fire()
+                return half + self.f.write(data[half:])
+
+            def __getattr__(self, name):
+                return getattr(self.f, name)
+
+        def checkpoint_open(file, mode="r", *args, **kwargs):
+            f = open(file, mode, *args, **kwargs)
+            return HalfWriter(f) if "w" in mode and hit() else f
+
+        swa_repro.checkpoint.open = checkpoint_open
+
+    elif point == "rename":
+
+        class OsProxy:
+            """swa_repro.run_files' view of `os`, with a trap in replace."""
+
+            def __getattr__(self, name):
+                return getattr(os, name)
+
+            @staticmethod
+            def replace(src, dst, *args, **kwargs):
+                if Path(src).name == "next.pt" and hit():
+                    fire()
+                return os.replace(src, dst, *args, **kwargs)
+
+        swa_repro.run_files.os = OsProxy()
+
+    sys.argv = [sys.argv[0], *overrides]
+    swa_repro.train.main()
+
+
+if __name__ == "__main__":
+    main()
