@@ -32,6 +32,7 @@ from swa_repro.data import DataError, Normalizer, TrainStream, eval_batches, loa
 from swa_repro.metrics import evaluate
 from swa_repro.models import build_model
 from swa_repro.preemption import EXIT_PREEMPTED, StopRequest
+from swa_repro.report import metrics_table
 from swa_repro.rng import capture_rng_state, restore_rng_state, seed_everything
 from swa_repro.run_files import RunFiles, check_same_config, find_resume_state
 from swa_repro.schedule import build_schedule
@@ -296,10 +297,7 @@ def print_summary(summary: dict, files: RunFiles) -> None:
         rows += [(f"SWA {label} budget (ep {r['epoch']})", r) for label, r in summary["budgets"].items()]
     print(f"\n{summary['data']}{tag} {summary['model']} {summary['method']} seed {summary['seed']}: finished in "
           f"{summary['wall_time_s'] / 60:.1f} min")
-    print(f"{'model':<28}{'test acc %':>11}{'NLL':>9}{'ECE':>8}")
-    for name, r in rows:
-        acc, nll, ece = (r.get(k, r.get(f"test_{k}")) for k in ("acc", "nll", "ece"))
-        print(f"{name:<28}{acc:>11.2f}{nll:>9.4f}{ece:>8.4f}")
+    print(metrics_table(rows))
     print(f"results: {files.summary}  metrics: {files.metrics}")
 
 

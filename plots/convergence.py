@@ -1,0 +1,73 @@
+"""Convergence figure: test accuracy per evaluated epoch for SGD and SWA, with the LR.
+
+    python plots/convergence.py RUN_DIR [RUN_DIR ...] --out figures/convergence.png
+
+Reads each run's metrics.jsonl and summary.json (nothing is computed here). For an SWA
+run both its averaged model and its own SGD iterate are drawn; the learning rate of
+every run goes on the right-hand axis. Writes PNG and PDF.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+
+COLORS = {"sgd": "tab:blue", "swa": "tab:red"}
+
+
+def read_run(run_dir: Path) -> tuple[list[dict], dict]:
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    return metrics, json.loads((run_dir / "summary.json").read_text())
+
+
+def draw(run_dirs: list[Path], out: Path) -> list[Path]:
+    fig, ax = plt.subplots(figsize=(7, 4.2))
+    lr_ax = ax.twinx()
+    title = None
+    for run_dir in run_dirs:
+        metrics, summary = read_run(run_dir)
+        method = summary["method"]
+        color = COLORS.get(method, None)
+        epochs = [m["epoch"] for m in metrics]
+        if method == "swa":
+            ax.plot(epochs, [m["test_acc"] for m in metrics], ":", color=color, alpha=0.6, label="SGD iterate of the SWA run")
+            swa = [(m["epoch"], m["swa_test_acc"]) for m in metrics if "swa_test_acc" in m]
+            ax.plot(*zip(*swa, strict=True), "o-", color=color, ms=3, label="SWA")
+        else:
+            ax.plot(epochs, [m["test_acc"] for m in metrics], "o-", color=color, ms=3, label=method.upper())
+        lr_curve = summary["lr_curve"]
+        lr_ax.plot(range(1, len(lr_curve) + 1), lr_curve, "--", color=color, lw=1, alpha=0.5)
+        tag = " (SYNTHETIC DATA)" if summary["synthetic"] else ""
+        title = f"{summary['model']} on {summary['data']}{tag}"
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    lr_ax.set_ylabel("learning rate (dashed)")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="best")
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    written = [out.with_suffix(".png"), out.with_suffix(".pdf")]
+    for path in written:
+        fig.savefig(path, dpi=150)
+    plt.close(fig)
+    return written
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("run_dirs", nargs="+", type=Path)
+    parser.add_argument("--out", type=Path, default=Path("figures/convergence.png"))
+    args = parser.parse_args()
+    for path in draw(args.run_dirs, args.out):
+        print(f"wrote {path}")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,210 @@
+"""Bad input stops the run before any epoch: non-zero exit (2 for our checks) and a one-line
+"error: ..." on stderr, no checkpoints.
+
+Pure configuration checks run in-process through validate_config; a representative set
+(and everything touching data on disk or Hydra's own errors) goes through the real CLI.
+"""
+
+import os
+import pickle
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from omegaconf import OmegaConf
+
+from swa_repro.config_check import ConfigError, validate_config
+from swa_repro.data import load_data
+from swa_repro.train import CONF_DIR, EXIT_USER_ERROR
+
+FAST = ["epochs=2", "budget=2", "method.swa_start=1", "progress=false"]
+FAST_SYNTHETIC = ["data.train_size=256", "data.test_size=128", *FAST]
+CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
+
+
+def _run_cli(runs: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
+    return subprocess.run(
+        [sys.executable, "-m", "swa_repro.train", *overrides, f"paths.runs={runs}"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
+def _assert_stopped_before_training(proc: subprocess.CompletedProcess, runs: Path) -> None:
+    assert not any(line.startswith("ep ") for line in proc.stdout.splitlines()), proc.stdout
+    assert not list(runs.rglob("checkpoints")), list(runs.rglob("*"))
+    assert not list(runs.rglob("metrics.jsonl"))
+
+
+def _assert_user_error(proc: subprocess.CompletedProcess, runs: Path) -> str:
+    """Exit 2, exactly one stderr line starting with 'error:'; returns that line."""
+    assert proc.returncode == EXIT_USER_ERROR, (proc.returncode, proc.stderr[-3000:])
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith("error:"), lines[0]
+    _assert_stopped_before_training(proc, runs)
+    return lines[0]
+
+
+def _write_cifar10(root: Path, per_file: int = 4) -> Path:
+    """A tiny CIFAR-10 folder in the real on-disk format (python pickles, protocol 4)."""
+    folder = root / "cifar-10-batches-py"
+    folder.mkdir(parents=True)
+    rng = np.random.default_rng(0)
+    for name in CIFAR10_FILES:
+        entry = {
+            "data": rng.integers(0, 256, size=(per_file, 3072), dtype=np.uint8),
+            "labels": [int(v) for v in rng.integers(0, 10, size=per_file)],
+        }
+        with open(folder / name, "wb") as f:
+            pickle.dump(entry, f, protocol=4)
+    return folder
+
+
+# --------------------------------------------------------------------------- through the CLI
+
+
+def test_cli_unknown_model_name(tmp_path):
+    proc = _run_cli(tmp_path, [*FAST_SYNTHETIC, "model.name=foo"])
+    line = _assert_user_error(proc, tmp_path)
+    assert "model.name" in line and "foo" in line
+    for valid in ("preresnet110", "preresnet164", "small_cnn", "vgg16", "wrn28x10"):
+        assert valid in line
+
+
+def test_cli_unknown_model_group_option(tmp_path):
+    proc = _run_cli(tmp_path, [*FAST_SYNTHETIC, "model=foo"])
+    assert proc.returncode != 0
+    assert "model/foo" in proc.stderr, proc.stderr
+    _assert_stopped_before_training(proc, tmp_path)
+
+
+def test_cli_swa_start_after_last_epoch(tmp_path):
+    proc = _run_cli(tmp_path, ["data.train_size=256", "data.test_size=128", "epochs=2", "budget=2",
+                               "method.swa_start=3", "progress=false"])
+    line = _assert_user_error(proc, tmp_path)
+    assert "method.swa_start" in line
+
+
+def test_cli_num_classes_mismatch(tmp_path):
+    proc = _run_cli(tmp_path, ["data=cifar10", "data.num_classes=100", "data.download=false",
+                               f"data.root={tmp_path / 'data'}", *FAST])
+    line = _assert_user_error(proc, tmp_path)
+    assert "data.num_classes" in line and "cifar10" in line
+
+
+def test_cli_missing_data_folder_without_download(tmp_path):
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    runs = tmp_path / "runs"
+    proc = _run_cli(runs, ["data=cifar10", f"data.root={empty}", "data.download=false", *FAST])
+    line = _assert_user_error(proc, runs)
+    assert str(empty / "cifar-10-batches-py") in line
+    assert "data.download" in line
+    assert list(empty.iterdir()) == []  # nothing downloaded
+
+
+def test_tiny_cifar10_folder_is_valid(tmp_path):
+    """The fixture's format is right: the intact folder loads (so the next test sees truncation only)."""
+    _write_cifar10(tmp_path)
+    cfg = OmegaConf.create({"name": "cifar10", "num_classes": 10, "root": str(tmp_path), "download": False})
+    splits = load_data(cfg)
+    assert tuple(splits.train_x.shape) == (20, 3, 32, 32) and tuple(splits.test_x.shape) == (4, 3, 32, 32)
+
+
+def test_cli_truncated_cifar_batch(tmp_path):
+    root = tmp_path / "data"
+    folder = _write_cifar10(root)
+    bad = folder / "data_batch_1"
+    payload = bad.read_bytes()
+    bad.write_bytes(payload[: len(payload) // 2])
+    runs = tmp_path / "runs"
+    proc = _run_cli(runs, ["data=cifar10", f"data.root={root}", "data.download=false", *FAST])
+    line = _assert_user_error(proc, runs)
+    assert str(bad) in line
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_cli_cuda_without_cuda(tmp_path):
+    proc = _run_cli(tmp_path, [*FAST_SYNTHETIC, "device=cuda"])
+    line = _assert_user_error(proc, tmp_path)
+    assert "cuda" in line.lower()
+
+
+# --------------------------------------------------------------------------- validate_config in-process
+
+
+def _compose(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
+
+
+def _config_error(cfg) -> str:
+    with pytest.raises(ConfigError) as info:
+        validate_config(cfg)
+    message = str(info.value)
+    assert message and "\n" not in message, message
+    return message
+
+
+def test_default_config_is_valid():
+    validate_config(_compose(*FAST_SYNTHETIC))
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["model.name=foo"], "model.name"),
+        (["data.name=foo"], "data.name"),
+        (["method.name=foo"], "method.name"),
+        (["schedule.name=foo"], "schedule.name"),
+        (["method.swa_start=0"], "method.swa_start"),
+        (["method.swa_start=3"], "method.swa_start"),  # epochs + 1
+        (["method.swa_lr=0"], "method.swa_lr"),
+        (["method.swa_lr=-1"], "method.swa_lr"),
+        (["optim.lr_init=0"], "optim.lr_init"),
+        (["optim.batch_size=0"], "optim.batch_size"),
+        (["eval_every=0"], "eval_every"),
+    ],
+)
+def test_validate_rejects(overrides, named):
+    base = ["data.train_size=256", "data.test_size=128", "epochs=2", "budget=2", "method.swa_start=1"]
+    message = _config_error(_compose(*base, *overrides))
+    assert named in message
+
+
+def test_validate_rejects_swa_start_past_default_epochs():
+    cfg = _compose()
+    message = _config_error(_compose(f"method.swa_start={cfg.epochs + 1}"))
+    assert "method.swa_start" in message
+
+
+def test_validate_lists_valid_model_names():
+    message = _config_error(_compose("model.name=foo"))
+    for valid in ("preresnet110", "preresnet164", "small_cnn", "vgg16", "vgg16bn", "wrn28x10"):
+        assert valid in message
+
+
+def test_validate_rejects_num_classes_mismatch():
+    message = _config_error(_compose("data=cifar10", "data.num_classes=100"))
+    assert "data.num_classes" in message
+
+
+def test_validate_rejects_data_root_that_is_a_file(tmp_path):
+    a_file = tmp_path / "not_a_folder"
+    a_file.write_text("x")
+    message = _config_error(_compose("data=cifar10", f"data.root={a_file}"))
+    assert "data.root" in message and str(a_file) in message
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_validate_rejects_cuda_without_cuda():
+    message = _config_error(_compose("device=cuda"))
+    assert "cuda" in message.lower()
