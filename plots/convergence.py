@@ -22,7 +22,9 @@ COLORS = {"sgd": "tab:blue", "swa": "tab:red"}
 
 
 def read_run(run_dir: Path) -> tuple[list[dict], dict]:
-    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line]
+    metrics = [
+        json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line
+    ]
     return metrics, json.loads((run_dir / "summary.json").read_text())
 
 
@@ -36,11 +38,25 @@ def draw(run_dirs: list[Path], out: Path) -> list[Path]:
         color = COLORS.get(method, None)
         epochs = [m["epoch"] for m in metrics]
         if method == "swa":
-            ax.plot(epochs, [m["test_acc"] for m in metrics], ":", color=color, alpha=0.6, label="SGD iterate of the SWA run")
+            ax.plot(
+                epochs,
+                [m["test_acc"] for m in metrics],
+                ":",
+                color=color,
+                alpha=0.6,
+                label="SGD iterate of the SWA run",
+            )
             swa = [(m["epoch"], m["swa_test_acc"]) for m in metrics if "swa_test_acc" in m]
             ax.plot(*zip(*swa, strict=True), "o-", color=color, ms=3, label="SWA")
         else:
-            ax.plot(epochs, [m["test_acc"] for m in metrics], "o-", color=color, ms=3, label=method.upper())
+            ax.plot(
+                epochs,
+                [m["test_acc"] for m in metrics],
+                "o-",
+                color=color,
+                ms=3,
+                label=method.upper(),
+            )
         lr_curve = summary["lr_curve"]
         lr_ax.plot(range(1, len(lr_curve) + 1), lr_curve, "--", color=color, lw=1, alpha=0.5)
         tag = " (SYNTHETIC DATA)" if summary["synthetic"] else ""

@@ -101,8 +101,9 @@ def test_averaged_parameters_are_the_plain_mean_of_snapshots(n_snapshots):
         assert not torch.equal(value, buffers_at_construction[name]), name
         torch.testing.assert_close(value, model_buffers[name], rtol=0, atol=0, msg=name)
         if n_snapshots > 1:
-            assert not torch.allclose(value.double(), torch.stack(
-                [s[name] for s in buffer_snapshots]).mean(0), atol=1e-3), name
+            assert not torch.allclose(
+                value.double(), torch.stack([s[name] for s in buffer_snapshots]).mean(0), atol=1e-3
+            ), name
 
 
 def test_averaged_model_is_a_separate_copy():

@@ -87,15 +87,32 @@ def test_cli_unknown_model_group_option(tmp_path):
 
 
 def test_cli_swa_start_after_last_epoch(tmp_path):
-    proc = _run_cli(tmp_path, ["data.train_size=256", "data.test_size=128", "epochs=2", "budget=2",
-                               "method.swa_start=3", "progress=false"])
+    proc = _run_cli(
+        tmp_path,
+        [
+            "data.train_size=256",
+            "data.test_size=128",
+            "epochs=2",
+            "budget=2",
+            "method.swa_start=3",
+            "progress=false",
+        ],
+    )
     line = _assert_user_error(proc, tmp_path)
     assert "method.swa_start" in line
 
 
 def test_cli_num_classes_mismatch(tmp_path):
-    proc = _run_cli(tmp_path, ["data=cifar10", "data.num_classes=100", "data.download=false",
-                               f"data.root={tmp_path / 'data'}", *FAST])
+    proc = _run_cli(
+        tmp_path,
+        [
+            "data=cifar10",
+            "data.num_classes=100",
+            "data.download=false",
+            f"data.root={tmp_path / 'data'}",
+            *FAST,
+        ],
+    )
     line = _assert_user_error(proc, tmp_path)
     assert "data.num_classes" in line and "cifar10" in line
 
@@ -114,9 +131,16 @@ def test_cli_missing_data_folder_without_download(tmp_path):
 def test_tiny_cifar10_folder_is_valid(tmp_path):
     """The fixture's format is right: the intact folder loads (so the next test sees truncation only)."""
     _write_cifar10(tmp_path)
-    cfg = OmegaConf.create({"name": "cifar10", "num_classes": 10, "root": str(tmp_path), "download": False})
+    cfg = OmegaConf.create(
+        {"name": "cifar10", "num_classes": 10, "root": str(tmp_path), "download": False}
+    )
     splits = load_data(cfg)
-    assert tuple(splits.train_x.shape) == (20, 3, 32, 32) and tuple(splits.test_x.shape) == (4, 3, 32, 32)
+    assert tuple(splits.train_x.shape) == (20, 3, 32, 32) and tuple(splits.test_x.shape) == (
+        4,
+        3,
+        32,
+        32,
+    )
 
 
 def test_cli_truncated_cifar_batch(tmp_path):
@@ -175,7 +199,13 @@ def test_default_config_is_valid():
     ],
 )
 def test_validate_rejects(overrides, named):
-    base = ["data.train_size=256", "data.test_size=128", "epochs=2", "budget=2", "method.swa_start=1"]
+    base = [
+        "data.train_size=256",
+        "data.test_size=128",
+        "epochs=2",
+        "budget=2",
+        "method.swa_start=1",
+    ]
     message = _config_error(_compose(*base, *overrides))
     assert named in message
 

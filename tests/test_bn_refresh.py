@@ -76,10 +76,16 @@ def test_refresh_gives_sample_weighted_statistics():
     with torch.no_grad():
         stats2 = [_batch_stats(_second_bn_inputs(model, x)) for x in batches]
     torch.testing.assert_close(
-        model[2].running_mean.double(), _weighted([s[0] for s in stats2], SIZES), rtol=1e-5, atol=1e-5
+        model[2].running_mean.double(),
+        _weighted([s[0] for s in stats2], SIZES),
+        rtol=1e-5,
+        atol=1e-5,
     )
     torch.testing.assert_close(
-        model[2].running_var.double(), _weighted([s[1] for s in stats2], SIZES), rtol=1e-5, atol=1e-5
+        model[2].running_var.double(),
+        _weighted([s[1] for s in stats2], SIZES),
+        rtol=1e-5,
+        atol=1e-5,
     )
     # momenta are back
     assert model[0].momentum == 0.1
@@ -120,7 +126,9 @@ def test_equal_batches_agree_with_torch_update_bn():
     refresh_bn(ours, batches)
     update_bn(batches, theirs)
     for i in (0, 2):
-        torch.testing.assert_close(ours[i].running_mean, theirs[i].running_mean, rtol=1e-5, atol=1e-5)
+        torch.testing.assert_close(
+            ours[i].running_mean, theirs[i].running_mean, rtol=1e-5, atol=1e-5
+        )
         torch.testing.assert_close(ours[i].running_var, theirs[i].running_var, rtol=1e-5, atol=1e-5)
 
 

@@ -19,9 +19,33 @@ CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2023, 0.1994, 0.2010)
 
 # model -> (lr_init, weight_decay, budget (SGD epochs), swa_start, {data: swa_lr}, mean, std)
 RECIPES = {
-    "vgg16": (0.05, 5e-4, 200, 161, {"cifar100": 0.01, "cifar10": 0.01}, IMAGENET_MEAN, IMAGENET_STD),
-    "preresnet110": (0.1, 3e-4, 150, 126, {"cifar100": 0.05, "cifar10": 0.01}, CIFAR_MEAN, CIFAR_STD),
-    "preresnet164": (0.1, 3e-4, 150, 126, {"cifar100": 0.05, "cifar10": 0.01}, CIFAR_MEAN, CIFAR_STD),
+    "vgg16": (
+        0.05,
+        5e-4,
+        200,
+        161,
+        {"cifar100": 0.01, "cifar10": 0.01},
+        IMAGENET_MEAN,
+        IMAGENET_STD,
+    ),
+    "preresnet110": (
+        0.1,
+        3e-4,
+        150,
+        126,
+        {"cifar100": 0.05, "cifar10": 0.01},
+        CIFAR_MEAN,
+        CIFAR_STD,
+    ),
+    "preresnet164": (
+        0.1,
+        3e-4,
+        150,
+        126,
+        {"cifar100": 0.05, "cifar10": 0.01},
+        CIFAR_MEAN,
+        CIFAR_STD,
+    ),
     "wrn28x10": (0.1, 5e-4, 200, 161, {"cifar100": 0.05, "cifar10": 0.05}, CIFAR_MEAN, CIFAR_STD),
 }
 NUM_CLASSES = {"cifar10": 10, "cifar100": 100}
@@ -34,7 +58,9 @@ EXPECTED_NAMES = {
 
 def _found(*groups: str) -> list[str]:
     return sorted(
-        f"{group}/{path.stem}" for group in groups for path in (EXPERIMENT_DIR / group).glob("*.yaml")
+        f"{group}/{path.stem}"
+        for group in groups
+        for path in (EXPERIMENT_DIR / group).glob("*.yaml")
     )
 
 
@@ -48,7 +74,9 @@ def _compose(experiment: str, *overrides: str):
 
 
 def _close(actual, expected, tol=1e-12) -> bool:
-    return len(actual) == len(expected) and all(abs(a - e) <= tol for a, e in zip(actual, expected, strict=True))
+    return len(actual) == len(expected) and all(
+        abs(a - e) <= tol for a, e in zip(actual, expected, strict=True)
+    )
 
 
 def test_all_sixteen_table1_experiments_exist():
@@ -103,12 +131,19 @@ def test_budget_epochs_of_table1_experiments(experiment):
     model_name, method = experiment.split("/")[1].rsplit("_", 1)
     cfg = _compose(experiment)
     if method == "sgd":
-        expected = {RECIPES[model_name][2]: "1"}
+        expected = {RECIPES[model_name][2]: ["1"]}
     elif model_name.startswith("preresnet"):
-        expected = {150: "1", 187: "1.25", 225: "1.5"}
+        expected = {150: ["1"], 187: ["1.25"], 225: ["1.5"]}
     else:
-        expected = {200: "1", 250: "1.25", 300: "1.5"}
+        expected = {200: ["1"], 250: ["1.25"], 300: ["1.5"]}
     assert budget_epochs(cfg) == expected
+
+
+def test_budget_readings_that_fall_on_one_epoch_are_all_kept():
+    # budget 2: floor(2 x 1) = floor(2 x 1.25) = 2, floor(2 x 1.5) = 3
+    cfg = _compose("demo/swa")
+    cfg.budget, cfg.epochs = 2, 3
+    assert budget_epochs(cfg) == {2: ["1", "1.25"], 3: ["1.5"]}
 
 
 def test_demo_experiments_exist():

@@ -40,8 +40,12 @@ def _random_images(n, seed=0):
 
 def test_crop_flip_shape_and_dtype():
     images = _random_images(5)
-    out = crop_flip(images, torch.tensor([0, 8, 4, 2, 7]), torch.tensor([8, 0, 4, 5, 1]),
-                    torch.tensor([False, True, False, True, True]))
+    out = crop_flip(
+        images,
+        torch.tensor([0, 8, 4, 2, 7]),
+        torch.tensor([8, 0, 4, 5, 1]),
+        torch.tensor([False, True, False, True, True]),
+    )
     assert out.shape == (5, 3, 32, 32)
     assert out.dtype == torch.uint8
 
@@ -83,9 +87,15 @@ def test_padding_is_black_before_normalisation():
     for c in range(3):
         pad_value = (0.0 - CIFAR_MEAN[c]) / CIFAR_STD[c]
         white_value = (1.0 - CIFAR_MEAN[c]) / CIFAR_STD[c]
-        torch.testing.assert_close(out[0, c, :4, :], torch.full((4, 32), pad_value), rtol=0, atol=1e-5)
-        torch.testing.assert_close(out[0, c, :, :4], torch.full((32, 4), pad_value), rtol=0, atol=1e-5)
-        torch.testing.assert_close(out[0, c, 4:, 4:], torch.full((28, 28), white_value), rtol=0, atol=1e-5)
+        torch.testing.assert_close(
+            out[0, c, :4, :], torch.full((4, 32), pad_value), rtol=0, atol=1e-5
+        )
+        torch.testing.assert_close(
+            out[0, c, :, :4], torch.full((32, 4), pad_value), rtol=0, atol=1e-5
+        )
+        torch.testing.assert_close(
+            out[0, c, 4:, 4:], torch.full((28, 28), white_value), rtol=0, atol=1e-5
+        )
 
 
 # -------------------------------------------------------------------------- TrainStream
@@ -177,9 +187,15 @@ def test_stream_is_deterministic_per_seed_and_epoch():
         assert torch.equal(xa, xb) and torch.equal(ya, yb)
     order = torch.cat([y for _, y in a])
     assert len(a) == 3
-    assert not torch.equal(order, torch.cat([y for _, y in _stream(300, seed=0).batches("train", 4)]))
-    assert not torch.equal(order, torch.cat([y for _, y in _stream(300, seed=1).batches("train", 3)]))
-    assert not torch.equal(order, torch.cat([y for _, y in _stream(300, seed=0).batches("bn_refresh", 3)]))
+    assert not torch.equal(
+        order, torch.cat([y for _, y in _stream(300, seed=0).batches("train", 4)])
+    )
+    assert not torch.equal(
+        order, torch.cat([y for _, y in _stream(300, seed=1).batches("train", 3)])
+    )
+    assert not torch.equal(
+        order, torch.cat([y for _, y in _stream(300, seed=0).batches("bn_refresh", 3)])
+    )
 
 
 def test_stream_start_step_skips_exactly_that_many_batches():
@@ -238,7 +254,9 @@ def _dump(obj, path, style):
     if style == "py2":  # byte-for-byte the layout of the original (Python 2) files
         buf = io.BytesIO()
         _Py2Pickler(buf, protocol=2).dump(obj)
-        path.write_bytes(buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray"))
+        path.write_bytes(
+            buf.getvalue().replace(b"numpy._core.multiarray", b"numpy.core.multiarray")
+        )
     else:  # ("py3", protocol)
         with open(path, "wb") as f:
             pickle.dump(obj, f, protocol=style[1])
@@ -246,12 +264,20 @@ def _dump(obj, path, style):
 
 def _images_channel_major(images):
     """(n, 3, 32, 32) -> (n, 3072) rows of 1024 R, 1024 G, 1024 B, each row-major, by hand."""
-    return np.stack([np.concatenate([img[0].ravel(), img[1].ravel(), img[2].ravel()]) for img in images])
+    return np.stack(
+        [np.concatenate([img[0].ravel(), img[1].ravel(), img[2].ravel()]) for img in images]
+    )
 
 
 CIFAR_LAYOUT = {
     # name: (folder, train files, test files, label key, classes)
-    "cifar10": ("cifar-10-batches-py", [f"data_batch_{i}" for i in range(1, 6)], ["test_batch"], "labels", 10),
+    "cifar10": (
+        "cifar-10-batches-py",
+        [f"data_batch_{i}" for i in range(1, 6)],
+        ["test_batch"],
+        "labels",
+        10,
+    ),
     "cifar100": ("cifar-100-python", ["train"], ["test"], "fine_labels", 100),
 }
 
@@ -348,7 +374,9 @@ def test_cifar_missing_batch_file_names_it(tmp_path):
     assert "\n" not in str(info.value) and str(folder / "data_batch_4") in str(info.value)
 
 
-@pytest.mark.parametrize(("name", "folder"), [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")])
+@pytest.mark.parametrize(
+    ("name", "folder"), [("cifar10", "cifar-10-batches-py"), ("cifar100", "cifar-100-python")]
+)
 def test_cifar_missing_folder_without_download(tmp_path, name, folder):
     with pytest.raises(DataError) as info:
         load_cifar(name, tmp_path / "nowhere", download=False)
@@ -382,7 +410,9 @@ def test_cifar_refuses_a_pickle_that_executes_code(tmp_path):
     assert "\n" not in str(info.value) and str(folder / "data_batch_1") in str(info.value)
 
 
-@pytest.mark.parametrize(("name", "bad_label"), [("cifar10", 10), ("cifar10", -1), ("cifar100", 100)])
+@pytest.mark.parametrize(
+    ("name", "bad_label"), [("cifar10", 10), ("cifar10", -1), ("cifar100", 100)]
+)
 def test_cifar_labels_out_of_range(tmp_path, name, bad_label):
     folder_name, _, test_files, label_key, _ = CIFAR_LAYOUT[name]
     _write_cifar(tmp_path, name)
@@ -396,7 +426,11 @@ def test_cifar_labels_out_of_range(tmp_path, name, bad_label):
 
 def test_cifar_image_label_count_mismatch(tmp_path):
     folder, _ = _write_cifar(tmp_path, "cifar10")
-    _dump({"data": np.zeros((3, 3072), dtype=np.uint8), "labels": [0, 1]}, folder / "test_batch", "py2")
+    _dump(
+        {"data": np.zeros((3, 3072), dtype=np.uint8), "labels": [0, 1]},
+        folder / "test_batch",
+        "py2",
+    )
     with pytest.raises(DataError, match="test_batch"):
         load_cifar("cifar10", tmp_path, download=False)
 
@@ -442,9 +476,19 @@ def test_synthetic_classes_are_configurable():
 
 
 def test_load_data_synthetic_and_unknown_name():
-    cfg = OmegaConf.create({"name": "synthetic", "num_classes": 4, "train_size": 30, "test_size": 12, "seed": 5})
+    knobs = {"signal": 0.3, "distractor": 0.5, "noise": 0.2, "label_noise": 0.1}
+    cfg = OmegaConf.create(
+        {
+            "name": "synthetic",
+            "num_classes": 4,
+            "train_size": 30,
+            "test_size": 12,
+            "seed": 5,
+            **knobs,
+        }
+    )
     s = load_data(cfg)
-    ref = make_synthetic(4, 30, 12, 5)
+    ref = make_synthetic(4, 30, 12, 5, **knobs)
     assert s.train_x.shape == (30, 3, 32, 32) and s.test_x.shape == (12, 3, 32, 32)
     assert torch.equal(s.train_x, ref.train_x) and torch.equal(s.test_y, ref.test_y)
     with pytest.raises(DataError, match="imagenet"):

@@ -113,7 +113,9 @@ def test_ece_hand_example_with_edge_and_one():
     #   bin 4 (0.267, 0.333]: 0.3 (hit) -> 0.7
     expected = (2 * 0.475 + 0.2 + 0.79 + 2 * 0.05 + 0.7) / 7
     assert expected == pytest.approx(_hand_ece(confs, hits), abs=1e-12)
-    got = expected_calibration_error(torch.tensor(confs, dtype=torch.float64), torch.tensor(hits, dtype=torch.bool))
+    got = expected_calibration_error(
+        torch.tensor(confs, dtype=torch.float64), torch.tensor(hits, dtype=torch.bool)
+    )
     assert got == pytest.approx(expected, abs=1e-9)
     # if the edge went to the upper bin, bin 3 would be {0.2 miss, 0.21 hit}: a different value
     upper = (2 * 0.475 + 2 * abs(0.5 - 0.205) + 2 * 0.05 + 0.7) / 7
@@ -122,7 +124,9 @@ def test_ece_hand_example_with_edge_and_one():
 
 def test_ece_second_edge():
     # 0.4 = 6/15 is an edge: it belongs to bin 5 (1/3, 0.4], not with 0.41 in bin 6
-    got = expected_calibration_error(torch.tensor([0.4, 0.41], dtype=torch.float64), torch.tensor([False, True]))
+    got = expected_calibration_error(
+        torch.tensor([0.4, 0.41], dtype=torch.float64), torch.tensor([False, True])
+    )
     assert got == pytest.approx((0.4 + 0.59) / 2, abs=1e-9)
 
 
@@ -130,5 +134,9 @@ def test_ece_perfect_calibration_is_zero_and_accepts_float32():
     confs = torch.tensor([0.75, 0.75, 0.75, 0.75])
     hits = torch.tensor([True, True, True, False])
     assert expected_calibration_error(confs, hits) == pytest.approx(0.0, abs=1e-6)
-    assert expected_calibration_error(torch.ones(3), torch.tensor([True, True, True])) == pytest.approx(0.0, abs=1e-12)
-    assert expected_calibration_error(torch.ones(4), torch.tensor([True, False, False, False])) == pytest.approx(0.75)
+    assert expected_calibration_error(
+        torch.ones(3), torch.tensor([True, True, True])
+    ) == pytest.approx(0.0, abs=1e-12)
+    assert expected_calibration_error(
+        torch.ones(4), torch.tensor([True, False, False, False])
+    ) == pytest.approx(0.75)

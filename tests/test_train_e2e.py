@@ -45,7 +45,16 @@ TINY_OVERRIDES = [
     "optim.batch_size=64",
     "progress=false",
 ]
-SGD_KEYS = ("epoch", "lr", "train_loss", "train_acc", "test_loss", "test_acc", "test_nll", "test_ece")
+SGD_KEYS = (
+    "epoch",
+    "lr",
+    "train_loss",
+    "train_acc",
+    "test_loss",
+    "test_acc",
+    "test_nll",
+    "test_ece",
+)
 SWA_KEYS = ("swa_test_loss", "swa_test_acc", "swa_test_nll", "swa_test_ece", "n_averaged")
 
 
@@ -207,7 +216,9 @@ def test_sgd_cli_run(tmp_path):
     assert summary["budgets"]["1"]["epoch"] == 4
     assert summary["budgets"]["1"]["test_acc"] == metrics[-1]["test_acc"]
     # SGD: T = epochs, r = 0.01
-    assert summary["lr_curve"] == pytest.approx([_paper_lr(e, 0.1, 4.0, 0.01) for e in range(4)], rel=1e-12)
+    assert summary["lr_curve"] == pytest.approx(
+        [_paper_lr(e, 0.1, 4.0, 0.01) for e in range(4)], rel=1e-12
+    )
     assert (run_dir / "checkpoints" / "last.pt").is_file()
     assert (run_dir / "checkpoints" / "epoch_0004.pt").is_file()
 

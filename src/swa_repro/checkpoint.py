@@ -62,7 +62,9 @@ def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") 
         return torch.load(io.BytesIO(payload), map_location=map_location, weights_only=True)
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(f"checkpoint {path} refused by the safe loader: {first_line}") from None
+        raise CheckpointError(
+            f"checkpoint {path} refused by the safe loader: {first_line}"
+        ) from None
 
 
 def fsync_dir(folder: Path) -> None:

@@ -11,6 +11,7 @@ from swa_repro.models import MODEL_NAMES
 
 METHOD_NAMES = ("sgd", "swa")
 SCHEDULE_NAMES = ("constant", "cyclic", "paper")
+LOGGER_NAMES = ("none", "wandb")
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
 
 
@@ -39,6 +40,7 @@ def validate_config(cfg) -> None:
     _one_of(cfg.data.name, DATASET_NAMES, "data.name")
     _one_of(cfg.method.name, METHOD_NAMES, "method.name")
     _one_of(cfg.schedule.name, SCHEDULE_NAMES, "schedule.name")
+    _one_of(cfg.logger.name, LOGGER_NAMES, "logger.name")
 
     _positive_int(cfg.epochs, "epochs")
     _positive_int(cfg.budget, "budget")
@@ -51,13 +53,19 @@ def validate_config(cfg) -> None:
         raise ConfigError("optim.momentum and optim.weight_decay must be >= 0")
     for epoch in cfg.checkpoint.keep_epochs:
         if not isinstance(epoch, int) or not 1 <= epoch <= cfg.epochs:
-            raise ConfigError(f"checkpoint.keep_epochs entries must be epochs in 1..{cfg.epochs}, got {epoch!r}")
+            raise ConfigError(
+                f"checkpoint.keep_epochs entries must be epochs in 1..{cfg.epochs}, got {epoch!r}"
+            )
 
     if cfg.method.swa:
         _positive(cfg.method.swa_lr, "method.swa_lr")
         _positive_int(cfg.method.swa_c_epochs, "method.swa_c_epochs")
         start = cfg.method.swa_start
-        if not isinstance(start, int | float) or isinstance(start, bool) or not 1 <= start <= cfg.epochs:
+        if (
+            not isinstance(start, int | float)
+            or isinstance(start, bool)
+            or not 1 <= start <= cfg.epochs
+        ):
             raise ConfigError(f"method.swa_start must lie in 1..epochs={cfg.epochs}, got {start!r}")
         for reading in cfg.method.budget_readings:
             _positive(reading, "method.budget_readings entries")
@@ -72,16 +80,22 @@ def validate_config(cfg) -> None:
     _check_data(cfg.data)
     _check_device(cfg.device)
     if cfg.resume != "auto" and not Path(cfg.resume).is_file():
-        raise ConfigError(f"resume must be 'auto' or an existing checkpoint file, got {cfg.resume!r}")
+        raise ConfigError(
+            f"resume must be 'auto' or an existing checkpoint file, got {cfg.resume!r}"
+        )
 
 
 def _check_data(data) -> None:
     expected = CIFAR_CLASSES.get(data.name)
     if expected is not None:
         if data.num_classes != expected:
-            raise ConfigError(f"data.num_classes={data.num_classes} does not match {data.name} ({expected} classes)")
+            raise ConfigError(
+                f"data.num_classes={data.num_classes} does not match {data.name} ({expected} classes)"
+            )
         if Path(data.root).expanduser().is_file():
-            raise ConfigError(f"data.root={data.root} is a file; it must be the folder that holds the data")
+            raise ConfigError(
+                f"data.root={data.root} is a file; it must be the folder that holds the data"
+            )
     else:
         _positive_int(data.num_classes, "data.num_classes")
         if data.num_classes < 2:
@@ -98,7 +112,9 @@ def _check_device(device: str) -> None:
     except RuntimeError:
         raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
     if parsed.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"device={device} requested but CUDA is not available; use device=cpu or auto")
+        raise ConfigError(
+            f"device={device} requested but CUDA is not available; use device=cpu or auto"
+        )
 
 
 def resolve_device(device: str) -> torch.device:

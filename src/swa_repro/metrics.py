@@ -19,7 +19,9 @@ ECE_BINS = 15
 
 @torch.no_grad()
 def evaluate(
-    model: torch.nn.Module, batches: Iterable[tuple[torch.Tensor, torch.Tensor]], weight_decay: float = 0.0
+    model: torch.nn.Module,
+    batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
+    weight_decay: float = 0.0,
 ) -> dict[str, float]:
     """Metrics of `model` in eval mode over `batches` (mode restored afterwards)."""
     was_training = model.training
@@ -51,7 +53,9 @@ def evaluate(
     }
 
 
-def expected_calibration_error(confidences: torch.Tensor, hits: torch.Tensor, bins: int = ECE_BINS) -> float:
+def expected_calibration_error(
+    confidences: torch.Tensor, hits: torch.Tensor, bins: int = ECE_BINS
+) -> float:
     """ECE with `bins` equal-width bins over (0, 1]; a confidence on a bin edge goes to the lower bin."""
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
     idx = (torch.bucketize(confidences.double(), edges, right=False) - 1).clamp(0, bins - 1)

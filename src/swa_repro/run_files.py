@@ -88,7 +88,9 @@ def find_resume_state(resume: str, files: RunFiles) -> dict | None:
         state = load_checkpoint(resume)
         state["path"] = str(resume)
         return state
-    for orphan in files.checkpoints.glob(".*.tmp*"):  # left by a crash mid-write; never a complete file
+    for orphan in files.checkpoints.glob(
+        ".*.tmp*"
+    ):  # left by a crash mid-write; never a complete file
         orphan.unlink()
     candidates = files.candidates()
     damaged = []

@@ -70,7 +70,9 @@ def build_schedule(cfg) -> PaperSchedule | ConstantSchedule | CyclicSchedule:
     if name == "paper":
         if cfg.method.swa:
             return PaperSchedule(
-                cfg.optim.lr_init, float(cfg.method.swa_start), cfg.method.swa_lr / cfg.optim.lr_init
+                cfg.optim.lr_init,
+                float(cfg.method.swa_start),
+                cfg.method.swa_lr / cfg.optim.lr_init,
             )
         return PaperSchedule(cfg.optim.lr_init, float(cfg.epochs), SGD_FINAL_RATIO)
     if name == "constant":

@@ -15,6 +15,7 @@ import json
 import math
 import sys
 import time
+from contextlib import closing
 from pathlib import Path
 
 import hydra
@@ -29,6 +30,7 @@ from swa_repro.bn_refresh import refresh_bn
 from swa_repro.checkpoint import CheckpointError
 from swa_repro.config_check import ConfigError, resolve_device, validate_config
 from swa_repro.data import DataError, Normalizer, TrainStream, eval_batches, load_data
+from swa_repro.logger import make_logger
 from swa_repro.metrics import evaluate
 from swa_repro.models import build_model
 from swa_repro.preemption import EXIT_PREEMPTED, StopRequest
@@ -51,11 +53,15 @@ class Preempted(Exception):
     """A stop signal arrived; a checkpoint has been written."""
 
 
-def budget_epochs(cfg: DictConfig) -> dict[int, str]:
-    """Epoch (1-based) -> budget label at which the run's headline model is read."""
+def budget_epochs(cfg: DictConfig) -> dict[int, list[str]]:
+    """Epoch (1-based) -> budget labels (e.g. "1.25") read at that epoch: floor(budget x fraction)."""
     fractions = cfg.method.budget_readings if cfg.method.swa else [1.0]
-    readings = {math.floor(cfg.budget * f): f"{f:g}" for f in fractions}
-    return {epoch: label for epoch, label in readings.items() if epoch <= cfg.epochs}
+    readings: dict[int, list[str]] = {}
+    for f in fractions:
+        epoch = math.floor(cfg.budget * f)
+        if epoch <= cfg.epochs:
+            readings.setdefault(epoch, []).append(f"{f:g}")
+    return readings
 
 
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
@@ -108,9 +114,16 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         start_epoch, start_step, totals = resumed["epoch"], resumed["step"], list(resumed["totals"])
         metrics, readings = json.loads(resumed["metrics"]), json.loads(resumed["readings"])
         elapsed = resumed["elapsed_s"]
-        where = f"epoch {start_epoch + 1} step {start_step + 1}" if start_step else f"epoch {start_epoch + 1}"
+        where = (
+            f"epoch {start_epoch + 1} step {start_step + 1}"
+            if start_step
+            else f"epoch {start_epoch + 1}"
+        )
         print(f"resuming {files.root} at {where} from {resumed['path']}")
     print_header(cfg, files, device, model, data.name)
+    logger = make_logger(
+        cfg, files.root, resumed.get("logger_run_id") if resumed is not None else None
+    )
 
     def checkpoint_state(epoch: int, step: int) -> dict:
         return {
@@ -125,10 +138,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             "readings": json.dumps(readings),
             "elapsed_s": elapsed + time.time() - t_start,
             "config": OmegaConf.to_yaml(cfg, resolve=True),
+            "logger_run_id": logger.run_id,
         }
 
     t_start = time.time()
-    with StopRequest() as stop:
+    with StopRequest() as stop, closing(logger):
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.time()
             first_step = start_step if epoch == start_epoch else 0
@@ -168,22 +182,40 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 if len(pending_losses) == LOSS_CHECK_EVERY or step == steps_per_epoch - 1 or stop:
                     check_losses(pending_losses, epoch, step, files)
                     pending_losses = []
-                    bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}", acc=f"{100 * correct.item() / seen:.2f}", lr=f"{lr:.4g}")
+                    bar.set_postfix(
+                        loss=f"{loss_sum.item() / seen:.4f}",
+                        acc=f"{100 * correct.item() / seen:.2f}",
+                        lr=f"{lr:.4g}",
+                    )
                 if stop and step < steps_per_epoch - 1:
                     totals = [loss_sum.item(), float(correct.item()), seen]
                     files.save_rolling(checkpoint_state(epoch, step + 1))
                     stop.handover()
-                    raise Preempted(f"stopped by signal {stop.signum} at epoch {epoch + 1} step {step + 1}")
+                    raise Preempted(
+                        f"stopped by signal {stop.signum} at epoch {epoch + 1} step {step + 1}"
+                    )
             bar.close()
             check_weights(model, epoch, files)
             train_loss, train_acc = loss_sum.item() / seen, 100.0 * correct.item() / seen
 
             # --- averaging, evaluation, budget readings ------------------------------------------
-            if swa_model is not None and is_averaging_epoch(epoch, cfg.method.swa_start, cfg.method.swa_c_epochs):
+            if swa_model is not None and is_averaging_epoch(
+                epoch, cfg.method.swa_start, cfg.method.swa_c_epochs
+            ):
                 swa_model.update_parameters(model)
             done = epoch + 1
-            if epoch == 0 or done % cfg.eval_every == 0 or done == cfg.epochs or done in readings_at:
-                record = {"epoch": done, "lr": epoch_lr, "train_loss": train_loss, "train_acc": train_acc}
+            if (
+                epoch == 0
+                or done % cfg.eval_every == 0
+                or done == cfg.epochs
+                or done in readings_at
+            ):
+                record = {
+                    "epoch": done,
+                    "lr": epoch_lr,
+                    "train_loss": train_loss,
+                    "train_acc": train_acc,
+                }
                 record.update(prefixed("test_", evaluate(model, test_batches())))
                 swa_evaluated = swa_model is not None and int(swa_model.n_averaged) > 0
                 if swa_evaluated:
@@ -193,25 +225,52 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 record["time_s"] = time.time() - t_epoch
                 metrics.append(record)
                 files.write_metrics(metrics)
+                logger.log(record, step=done)
                 if done in readings_at:
                     source = "swa_test_" if swa_evaluated else "test_"
-                    readings[readings_at[done]] = budget_reading(record, source)
-            print_epoch(metrics[-1] if metrics and metrics[-1]["epoch"] == done else None, done, cfg.epochs,
-                        epoch_lr, train_loss, train_acc, time.time() - t_epoch)
+                    for label in readings_at[done]:
+                        readings[label] = budget_reading(record, source)
+            print_epoch(
+                metrics[-1] if metrics and metrics[-1]["epoch"] == done else None,
+                done,
+                cfg.epochs,
+                epoch_lr,
+                train_loss,
+                train_acc,
+                time.time() - t_epoch,
+            )
 
             # --- checkpoint --------------------------------------------------------------------
             totals = [0.0, 0.0, 0]
-            if done % cfg.checkpoint.every == 0 or done == cfg.epochs or done in keep_epochs or stop:
+            if (
+                done % cfg.checkpoint.every == 0
+                or done == cfg.epochs
+                or done in keep_epochs
+                or stop
+            ):
                 state = checkpoint_state(done, 0)
-                if done in keep_epochs:  # before the rolling save: a crash between them must not lose it
+                if (
+                    done in keep_epochs
+                ):  # before the rolling save: a crash between them must not lose it
                     files.save_kept(state, done)
                 files.save_rolling(state)
             if stop and done < cfg.epochs:
                 stop.handover()
                 raise Preempted(f"stopped by signal {stop.signum} after epoch {done}")
 
-    summary = make_summary(cfg, data.name, metrics, readings, schedule, steps_per_epoch, elapsed + time.time() - t_start)
-    files.write_summary(summary)
+        summary = make_summary(
+            cfg,
+            data.name,
+            metrics,
+            readings,
+            schedule,
+            steps_per_epoch,
+            elapsed + time.time() - t_start,
+        )
+        files.write_summary(summary)
+        logger.summary(
+            {f"budget_{label}/{k}": v for label, r in readings.items() for k, v in r.items()}
+        )
     print_summary(summary, files)
     return summary
 
@@ -274,7 +333,11 @@ def make_summary(cfg, data_name, metrics, readings, schedule, steps_per_epoch, e
 def print_header(cfg, files: RunFiles, device, model, data_name: str) -> None:
     n_params = sum(p.numel() for p in model.parameters())
     tag = " [SYNTHETIC DATA]" if data_name == "synthetic" else ""
-    swa = f", SWA from epoch {cfg.method.swa_start} (swa_lr {cfg.method.swa_lr})" if cfg.method.swa else ""
+    swa = (
+        f", SWA from epoch {cfg.method.swa_start} (swa_lr {cfg.method.swa_lr})"
+        if cfg.method.swa
+        else ""
+    )
     print(
         f"{data_name}{tag} | {cfg.model.name} ({n_params:,} params) | {cfg.method.name}: {cfg.epochs} epochs, "
         f"lr_init {cfg.optim.lr_init}, wd {cfg.optim.weight_decay}{swa} | seed {cfg.seed} | {device} | {files.root}"
@@ -294,9 +357,13 @@ def print_summary(summary: dict, files: RunFiles) -> None:
     tag = " [SYNTHETIC DATA]" if summary["synthetic"] else ""
     rows = [("SGD (final)", summary["final"]["sgd"])]
     if summary["final"]["swa"] is not None:
-        rows += [(f"SWA {label} budget (ep {r['epoch']})", r) for label, r in summary["budgets"].items()]
-    print(f"\n{summary['data']}{tag} {summary['model']} {summary['method']} seed {summary['seed']}: finished in "
-          f"{summary['wall_time_s'] / 60:.1f} min")
+        rows += [
+            (f"SWA {label} budget (ep {r['epoch']})", r) for label, r in summary["budgets"].items()
+        ]
+    print(
+        f"\n{summary['data']}{tag} {summary['model']} {summary['method']} seed {summary['seed']}: finished in "
+        f"{summary['wall_time_s'] / 60:.1f} min"
+    )
     print(metrics_table(rows))
     print(f"results: {files.summary}  metrics: {files.metrics}")
 

@@ -11,7 +11,15 @@ from swa_repro.data.synthetic import make_synthetic
 
 DATASET_NAMES = ("cifar10", "cifar100", "synthetic")
 
-__all__ = ["DATASET_NAMES", "DataError", "Normalizer", "Splits", "TrainStream", "eval_batches", "load_data"]
+__all__ = [
+    "DATASET_NAMES",
+    "DataError",
+    "Normalizer",
+    "Splits",
+    "TrainStream",
+    "eval_batches",
+    "load_data",
+]
 
 
 def load_data(cfg) -> Splits:

@@ -52,9 +52,13 @@ def _read_batch(path: Path, label_key: str) -> tuple[np.ndarray, np.ndarray]:
     except FileNotFoundError:
         raise DataError(f"missing CIFAR batch file {path}") from None
     except Exception as exc:  # truncated, corrupt, tampered or wrong-format file
-        raise DataError(f"corrupt or truncated CIFAR batch file {path}: {type(exc).__name__}: {exc}") from None
+        raise DataError(
+            f"corrupt or truncated CIFAR batch file {path}: {type(exc).__name__}: {exc}"
+        ) from None
     if len(data) != len(labels):
-        raise DataError(f"corrupt CIFAR batch file {path}: {len(data)} images but {len(labels)} labels")
+        raise DataError(
+            f"corrupt CIFAR batch file {path}: {len(data)} images but {len(labels)} labels"
+        )
     return data, labels
 
 
@@ -90,7 +94,9 @@ def _download(dataset, root: Path) -> None:
     from torchvision.datasets.utils import download_and_extract_archive
 
     try:
-        download_and_extract_archive(dataset.url, str(root), filename=dataset.filename, md5=dataset.tgz_md5)
+        download_and_extract_archive(
+            dataset.url, str(root), filename=dataset.filename, md5=dataset.tgz_md5
+        )
     except Exception as exc:
         raise DataError(
             f"could not download {dataset.url} into {root} ({type(exc).__name__}: {exc}); download "

@@ -40,7 +40,9 @@ def plan_epoch(n: int, seed: int, device: torch.device) -> EpochPlan:
     return EpochPlan(*(t.to(device) for t in (order, dx, dy, flip)))
 
 
-def crop_flip(images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor) -> torch.Tensor:
+def crop_flip(
+    images: torch.Tensor, dx: torch.Tensor, dy: torch.Tensor, flip: torch.Tensor
+) -> torch.Tensor:
     """Zero-pad by PAD, take the SIZE x SIZE window at (dy, dx), mirror where flip: one gather."""
     b = images.shape[0]
     padded = F.pad(images, (PAD, PAD, PAD, PAD))
@@ -66,16 +68,27 @@ class Normalizer:
 class TrainStream:
     """Shuffled, augmented, normalised batches of a training split."""
 
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalizer, seed: int):
+    def __init__(
+        self,
+        images: torch.Tensor,
+        labels: torch.Tensor,
+        batch_size: int,
+        normalize: Normalizer,
+        seed: int,
+    ):
         self.images, self.labels = images, labels
         self.batch_size, self.normalize, self.seed = batch_size, normalize, seed
 
     def __len__(self) -> int:
         return -(-len(self.labels) // self.batch_size)
 
-    def batches(self, purpose: str, epoch: int, start_step: int = 0) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    def batches(
+        self, purpose: str, epoch: int, start_step: int = 0
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(inputs, labels) for one pass; (purpose, epoch) picks the draws, start_step skips ahead."""
-        plan = plan_epoch(len(self.labels), derive_seed(self.seed, purpose, epoch), self.images.device)
+        plan = plan_epoch(
+            len(self.labels), derive_seed(self.seed, purpose, epoch), self.images.device
+        )
         for step in range(start_step, len(self)):
             idx = plan.order[step * self.batch_size : (step + 1) * self.batch_size]
             crops = crop_flip(self.images[idx], plan.dx[idx], plan.dy[idx], plan.flip[idx])

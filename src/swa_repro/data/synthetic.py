@@ -29,18 +29,30 @@ def make_synthetic(
     distractor_pool: int = 64,
 ) -> Splits:
     gen = torch.Generator().manual_seed(seed)
-    patterns = F.interpolate(torch.rand(num_classes, 3, 4, 4, generator=gen) - 0.5, size=32, mode="bicubic")
-    distractors = F.interpolate(torch.rand(distractor_pool, 3, 8, 8, generator=gen) - 0.5, size=32, mode="bicubic")
+    patterns = F.interpolate(
+        torch.rand(num_classes, 3, 4, 4, generator=gen) - 0.5, size=32, mode="bicubic"
+    )
+    distractors = F.interpolate(
+        torch.rand(distractor_pool, 3, 8, 8, generator=gen) - 0.5, size=32, mode="bicubic"
+    )
 
     def sample(n: int, flip_fraction: float) -> tuple[torch.Tensor, torch.Tensor]:
         labels = torch.randint(num_classes, (n,), generator=gen)
         shifts = torch.randint(-3, 4, (n, 2), generator=gen)
         contrast = 0.6 + 0.8 * torch.rand(n, 1, 1, 1, generator=gen)
         images = torch.stack(
-            [torch.roll(patterns[c], (int(s[0]), int(s[1])), dims=(1, 2)) for c, s in zip(labels, shifts, strict=True)]
+            [
+                torch.roll(patterns[c], (int(s[0]), int(s[1])), dims=(1, 2))
+                for c, s in zip(labels, shifts, strict=True)
+            ]
         )
         clutter = distractors[torch.randint(distractor_pool, (n,), generator=gen)]
-        images = 0.5 + signal * contrast * images + distractor * clutter + noise * torch.randn(images.shape, generator=gen)
+        images = (
+            0.5
+            + signal * contrast * images
+            + distractor * clutter
+            + noise * torch.randn(images.shape, generator=gen)
+        )
         flipped = torch.rand(n, generator=gen) < flip_fraction
         labels = torch.where(flipped, torch.randint(num_classes, (n,), generator=gen), labels)
         return (images.clamp(0, 1) * 255).round().to(torch.uint8), labels
