@@ -41,6 +41,8 @@ def validate_config(cfg) -> None:
     _one_of(cfg.method.name, METHOD_NAMES, "method.name")
     _one_of(cfg.schedule.name, SCHEDULE_NAMES, "schedule.name")
     _one_of(cfg.logger.name, LOGGER_NAMES, "logger.name")
+    if cfg.logger.name == "wandb" and cfg.logger.mode is not None:
+        _one_of(cfg.logger.mode, ("disabled", "offline", "online"), "logger.mode")
 
     _positive_int(cfg.epochs, "epochs")
     _positive_int(cfg.budget, "budget")

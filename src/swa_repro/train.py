@@ -280,7 +280,8 @@ def prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
 
 
 def budget_reading(record: dict, source: str) -> dict:
-    reading = {"epoch": record["epoch"]}
+    """The test metrics of one model (source "swa_test_" or "test_") at a budget epoch."""
+    reading = {"epoch": record["epoch"], "model": "swa" if source == "swa_test_" else "sgd"}
     reading.update({f"test_{k}": record[source + k] for k in ("acc", "loss", "nll", "ece")})
     if "n_averaged" in record and source == "swa_test_":
         reading["n_averaged"] = record["n_averaged"]
