@@ -1,5 +1,8 @@
 # make demo  -> offline SGD vs SWA demo on synthetic data (CPU, a few minutes)
 # make test  -> the test suite (installs what it needs first)
+# make reproduce-cifar100 / reproduce-cifar10 / reproduce-fixed-lr -> paper tables (GPU)
+#   MODELS=vgg16,wrn28x10 (default: all)  SEEDS=0,1,2  RUNS=runs  EXTRA="hydra/launcher=slurm ..."
+#   DRY_RUN=1 prints the plan and GPU-hour estimate only
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -7,7 +10,15 @@ INSTALLED := $(VENV)/.installed
 DEMO_RUNS ?= runs/demo
 DEMO_RUN_DIRS := $(DEMO_RUNS)/synthetic/small_cnn/sgd/seed0 $(DEMO_RUNS)/synthetic/small_cnn/swa/seed0
 
-.PHONY: install demo test test-slow test-all lint clean-demo
+MODELS ?=
+SEEDS ?= 0,1,2
+RUNS ?= runs
+EXTRA ?=
+SWEEP = $(PY) -m swa_repro.sweep $(if $(MODELS),--models $(MODELS)) --seeds $(SEEDS) --runs $(RUNS) \
+	$(if $(DRY_RUN),--dry-run)
+
+.PHONY: install demo test test-slow test-all lint clean-demo \
+	reproduce-cifar100 reproduce-cifar10 reproduce-fixed-lr reproduce-synthetic aggregate
 
 install: $(INSTALLED)
 
@@ -34,6 +45,26 @@ test-all: install
 lint: install
 	$(PY) -m ruff check src tests plots
 	$(PY) -m ruff format --check src tests plots
+
+# W&B: online when WANDB_MODE or a `wandb login` says so, otherwise recorded offline (wandb sync later).
+reproduce-cifar100: install
+	$(SWEEP) table1 --dataset cifar100 --wandb --extra "logger=wandb $(EXTRA)"
+
+reproduce-cifar10: install
+	$(SWEEP) table1 --dataset cifar10 --wandb --extra "logger=wandb $(EXTRA)"
+
+reproduce-fixed-lr: install
+	$(SWEEP) fixed_lr --dataset cifar100 --wandb --extra "logger=wandb $(EXTRA)"
+
+# The whole Table 1 pipeline on the synthetic data, offline on CPU: a smoke test of sweeps and aggregation.
+reproduce-synthetic: install
+	$(PY) -m swa_repro.sweep table1 --dataset synthetic --models small_cnn --seeds 0,1 --runs $(RUNS) \
+		--extra "progress=false $(EXTRA)" --out $(RUNS)/results
+
+# Rewrite the result tables from whatever runs exist (no training).
+aggregate: install
+	$(PY) -m swa_repro.aggregate table1 --dataset cifar100 --runs $(RUNS) --readme README.md
+	$(PY) -m swa_repro.aggregate table1 --dataset cifar10 --runs $(RUNS) --readme README.md
 
 clean-demo:
 	rm -rf $(DEMO_RUNS) figures/demo

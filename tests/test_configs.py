@@ -64,8 +64,8 @@ def _found(*groups: str) -> list[str]:
     )
 
 
-TABLE1_FILES = _found("cifar10", "cifar100")
-DEMO_FILES = _found("demo")
+TABLE1_FILES = [name for name in _found("cifar10", "cifar100") if "fixed_lr" not in name]
+DEMO_FILES = _found("synthetic")
 
 
 def _compose(experiment: str, *overrides: str):
@@ -141,13 +141,26 @@ def test_budget_epochs_of_table1_experiments(experiment):
 
 def test_budget_readings_that_fall_on_one_epoch_are_all_kept():
     # budget 2: floor(2 x 1) = floor(2 x 1.25) = 2, floor(2 x 1.5) = 3
-    cfg = _compose("demo/swa")
+    cfg = _compose("synthetic/small_cnn_swa")
     cfg.budget, cfg.epochs = 2, 3
     assert budget_epochs(cfg) == {2: ["1", "1.25"], 3: ["1.5"]}
 
 
 def test_demo_experiments_exist():
-    assert set(DEMO_FILES) == {"demo/sgd", "demo/swa"}
+    assert set(DEMO_FILES) == {"synthetic/small_cnn_sgd", "synthetic/small_cnn_swa"}
+
+
+@pytest.mark.parametrize("method", ["sgd", "swa"])
+def test_fixed_lr_experiment_carries_section_4_4(method):
+    cfg = _compose(f"cifar100/wrn28x10_fixed_lr_{method}")
+    validate_config(cfg)
+    assert (cfg.data.name, cfg.model.name, cfg.method.name) == ("cifar100", "wrn28x10", method)
+    assert cfg.schedule.name == "constant" and cfg.schedule.lr == pytest.approx(0.05)
+    assert cfg.epochs == 300
+    assert cfg.name == f"cifar100/wrn28x10/{method}_fixed_lr/seed0"  # not the Table 1 run directory
+    if method == "swa":
+        assert cfg.method.swa_start == 140
+        assert budget_epochs(cfg) == {300: ["1"]}
 
 
 @pytest.mark.parametrize("experiment", DEMO_FILES)
@@ -156,5 +169,5 @@ def test_demo_experiment_composes_and_validates(experiment):
     OmegaConf.resolve(cfg)
     assert cfg.data.name == "synthetic"
     assert cfg.model.name == "small_cnn"
-    assert cfg.method.name == experiment.split("/")[1]
+    assert cfg.method.name == experiment.rsplit("_", 1)[1]
     validate_config(cfg)

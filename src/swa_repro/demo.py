@@ -2,7 +2,7 @@
 
     python -m swa_repro.demo [paths.runs=runs] [any other override]
 
-Runs experiment=demo/sgd and experiment=demo/swa (each resumes or is skipped when
+Runs experiment=synthetic/small_cnn_sgd and synthetic/small_cnn_swa (each resumes or is skipped when
 already done) and prints their test metrics side by side. `make demo` then draws the
 convergence figure with plots/convergence.py.
 """
@@ -21,7 +21,7 @@ def run_demo(overrides: list[str]) -> tuple[dict, dict]:
     summaries = []
     for method in ("sgd", "swa"):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=[f"experiment=demo/{method}", *overrides])
+            cfg = compose("config", overrides=[f"experiment=synthetic/small_cnn_{method}", *overrides])
         run_dir = f"{cfg.paths.runs}/{cfg.name}"
         print(f"\n=== demo: {method.upper()} -> {run_dir}")
         summaries.append(train(cfg, run_dir))

@@ -1,0 +1,278 @@
+"""Aggregate finished runs into the paper's tables, with the paper's numbers beside ours.
+
+    python -m swa_repro.aggregate table1 --dataset cifar100 [--runs runs] [--models ...] [--seeds 0,1,2]
+    python -m swa_repro.aggregate fixed_lr --dataset cifar100
+
+Reads runs/<dataset>/<model>/<method>/seed<k>/summary.json and writes
+experiments/results/<table>_<dataset>.md and .csv. Each cell: mean +- std over seeds
+(sample std, ddof=1) with n, the paper's value, the difference, and "!" where
+|difference| > 2 sqrt(std_ours^2 + std_paper^2) (a missing std counts as 0). Runs not
+finished show as "running (epoch e/E)" or "missing", never as numbers.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import math
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from omegaconf import OmegaConf
+
+REPO = Path(__file__).resolve().parents[2]
+PAPER_FILE = REPO / "experiments" / "paper_results.yaml"
+TABLE1_MODELS = ("vgg16", "preresnet110", "preresnet164", "wrn28x10")
+
+
+@dataclass(frozen=True)
+class Column:
+    label: str  # as printed
+    method: str  # run directory name of the method
+    paper_key: str  # key in paper_results.yaml
+    reading: str  # "final_sgd", "final_swa" or a budget label ("1", "1.25", "1.5")
+
+
+TABLES = {
+    "table1": [
+        Column("SGD", "sgd", "sgd", "final_sgd"),
+        Column("SWA 1 budget", "swa", "swa_1", "1"),
+        Column("SWA 1.25 budgets", "swa", "swa_1.25", "1.25"),
+        Column("SWA 1.5 budgets", "swa", "swa_1.5", "1.5"),
+    ],
+    "fixed_lr": [
+        Column("SGD, fixed LR", "sgd_fixed_lr", "sgd", "final_sgd"),
+        Column("SWA, fixed LR", "swa_fixed_lr", "swa", "final_swa"),
+    ],
+}
+
+
+@dataclass
+class Cell:
+    values: list[dict]  # acc/nll/ece of each finished seed
+    pending: list[str]  # "seed 1: running (epoch 40/300)", "seed 2: missing"
+    paper: tuple[float, float | None] | None
+
+    def stat(self, key: str = "acc") -> tuple[float | None, float | None]:
+        xs = [v[key] for v in self.values]
+        if not xs:
+            return None, None
+        mean = sum(xs) / len(xs)
+        std = math.sqrt(sum((x - mean) ** 2 for x in xs) / (len(xs) - 1)) if len(xs) > 1 else None
+        return mean, std
+
+    @property
+    def diff(self) -> float | None:
+        mean, _ = self.stat()
+        return None if mean is None or self.paper is None else mean - self.paper[0]
+
+    @property
+    def flagged(self) -> bool:
+        mean, std = self.stat()
+        if self.diff is None:
+            return False
+        spread = math.sqrt((std or 0.0) ** 2 + (self.paper[1] or 0.0) ** 2)
+        return spread > 0 and abs(self.diff) > 2 * spread
+
+
+def read_reading(summary: dict, reading: str) -> dict | None:
+    if reading in ("final_sgd", "final_swa"):
+        values = summary["final"][reading.split("_")[1]]
+        return None if values is None else {k: values[k] for k in ("acc", "nll", "ece")}
+    values = summary["budgets"].get(reading)
+    return None if values is None else {k: values[f"test_{k}"] for k in ("acc", "nll", "ece")}
+
+
+@dataclass(frozen=True)
+class RunState:
+    state: str  # finished | running | missing
+    epochs_done: int = 0  # as far as metrics.jsonl shows (the last evaluated epoch)
+    epochs: int | None = None
+
+    def __str__(self) -> str:
+        if self.state == "running":
+            return f"running (epoch {self.epochs_done}/{self.epochs or '?'})"
+        return self.state
+
+
+def run_status(run_dir: Path) -> RunState:
+    if (run_dir / "summary.json").is_file():
+        return RunState("finished")
+    if not run_dir.is_dir():
+        return RunState("missing")
+    config, metrics = run_dir / "config.yaml", run_dir / "metrics.jsonl"
+    epochs = OmegaConf.load(config).epochs if config.is_file() else None
+    lines = metrics.read_text().splitlines() if metrics.is_file() else []
+    return RunState("running", json.loads(lines[-1])["epoch"] if lines else 0, epochs)
+
+
+def build_table(table: str, dataset: str, runs: Path, models, seeds, paper: dict) -> dict[str, dict[str, Cell]]:
+    """model -> column label -> Cell."""
+    paper_rows = paper.get(table, {}).get(dataset, {})
+    out: dict[str, dict[str, Cell]] = {}
+    for model in models:
+        out[model] = {}
+        for col in TABLES[table]:
+            cell = Cell([], [], None)
+            ref = paper_rows.get(model, {}).get(col.paper_key)
+            if ref is not None:
+                cell.paper = (ref[0], ref[1])
+            for seed in seeds:
+                run_dir = runs / dataset / model / col.method / f"seed{seed}"
+                status = run_status(run_dir)
+                if status.state == "finished":
+                    value = read_reading(json.loads((run_dir / "summary.json").read_text()), col.reading)
+                    if value is None:
+                        cell.pending.append(f"seed {seed}: no {col.reading} reading")
+                    else:
+                        cell.values.append(value)
+                else:
+                    cell.pending.append(f"seed {seed}: {status}")
+            out[model][col.label] = cell
+    return out
+
+
+def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
+    if mean is None:
+        return "-"
+    return f"{mean:.{digits}f}" + (f" ± {std:.{digits}f}" if std is not None else "")
+
+
+def cell_markdown(cell: Cell) -> str:
+    mean, std = cell.stat()
+    if mean is None:
+        return "missing" if all("missing" in p for p in cell.pending) else "running"
+    text = f"{_fmt(mean, std)} (n={len(cell.values)})"
+    if cell.paper is not None:
+        text += f" · paper {_fmt(*cell.paper)} · Δ {cell.diff:+.2f}{' !' if cell.flagged else ''}"
+    return text
+
+
+def to_markdown(table: str, dataset: str, rows: dict[str, dict[str, Cell]]) -> str:
+    labels = [c.label for c in TABLES[table]]
+    title = {"table1": "Table 1", "fixed_lr": "Fixed learning rate (section 4.4)"}[table]
+    lines = [
+        f"### {title}: {dataset}, test accuracy %",
+        "",
+        "mean ± std over seeds (n) · the paper's value · difference; `!` marks |Δ| > 2 σ "
+        "(σ combines our and the paper's std).",
+        "",
+        "| model | " + " | ".join(labels) + " |",
+        "|---" * (len(labels) + 1) + "|",
+    ]
+    for model, cells in rows.items():
+        lines.append(f"| {model} | " + " | ".join(cell_markdown(cells[label]) for label in labels) + " |")
+    first, last = labels[0], labels[-1]
+    lines += [
+        "",
+        f"| model | gain {last} − {first} (ours) | (paper) | NLL {first} | NLL {last} | ECE {first} | ECE {last} |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for model, cells in rows.items():
+        a, b = cells[first], cells[last]
+        gain = None if a.stat()[0] is None or b.stat()[0] is None else b.stat()[0] - a.stat()[0]
+        paper_gain = None if a.paper is None or b.paper is None else b.paper[0] - a.paper[0]
+        lines.append(
+            f"| {model} | {_fmt(gain, None)} | {_fmt(paper_gain, None)} | {_fmt(*a.stat('nll'), 4)} | "
+            f"{_fmt(*b.stat('nll'), 4)} | {_fmt(*a.stat('ece'), 4)} | {_fmt(*b.stat('ece'), 4)} |"
+        )
+    pending = [f"{model} {label}: {p}" for model, cells in rows.items() for label, c in cells.items() for p in c.pending]
+    if pending:
+        lines += ["", "Not included (not finished):", *(f"- {p}" for p in pending)]
+    return "\n".join(lines) + "\n"
+
+
+CSV_FIELDS = [
+    "dataset", "model", "column", "n", "acc_mean", "acc_std", "paper_mean", "paper_std", "diff", "flag",
+    "nll_mean", "ece_mean", "pending",
+]  # fmt: skip
+
+
+def to_rows(dataset: str, rows: dict[str, dict[str, Cell]]) -> list[dict]:
+    out = []
+    for model, cells in rows.items():
+        for label, cell in cells.items():
+            mean, std = cell.stat()
+            out.append({
+                "dataset": dataset,
+                "model": model,
+                "column": label,
+                "n": len(cell.values),
+                "acc_mean": mean,
+                "acc_std": std,
+                "paper_mean": cell.paper[0] if cell.paper else None,
+                "paper_std": cell.paper[1] if cell.paper else None,
+                "diff": cell.diff,
+                "flag": "!" if cell.flagged else "",
+                "nll_mean": cell.stat("nll")[0],
+                "ece_mean": cell.stat("ece")[0],
+                "pending": "; ".join(cell.pending),
+            })  # fmt: skip
+    return out
+
+
+def write_outputs(table: str, dataset: str, rows, out_dir: Path) -> tuple[Path, Path]:
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, csv_path = out_dir / f"{table}_{dataset}.md", out_dir / f"{table}_{dataset}.csv"
+    md.write_text(to_markdown(table, dataset, rows))
+    with open(csv_path, "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+        writer.writerows(to_rows(dataset, rows))
+    return md, csv_path
+
+
+def update_readme(readme: Path, key: str, markdown: str) -> None:
+    """Replace the text between <!-- results:KEY --> and <!-- /results:KEY --> (if present)."""
+    text = readme.read_text()
+    pattern = re.compile(rf"(<!-- results:{re.escape(key)} -->\n).*?(<!-- /results:{re.escape(key)} -->)", re.S)
+    if pattern.search(text):
+        readme.write_text(pattern.sub(lambda m: m.group(1) + markdown + m.group(2), text))
+
+
+def log_to_wandb(table: str, dataset: str, rows: list[dict]) -> None:
+    """The table as a wandb.Table in its own run; any W&B failure is a warning only."""
+    try:
+        import wandb
+
+        from swa_repro.logger import wandb_mode
+
+        run = wandb.init(project="swa-repro", job_type="aggregate", name=f"{table}-{dataset}", mode=wandb_mode(None))
+        run.log({f"{table}_{dataset}": wandb.Table(columns=CSV_FIELDS, data=[[r[f] for f in CSV_FIELDS] for r in rows])})
+        run.finish()
+    except Exception as exc:
+        print(f"warning: W&B table not logged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Aggregate runs into the paper's tables.")
+    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--models", default=None, help="comma-separated (default: the table's models)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
+    parser.add_argument("--paper", type=Path, default=PAPER_FILE)
+    parser.add_argument("--readme", type=Path, default=None, help="update this README's results block")
+    parser.add_argument("--wandb", action="store_true", help="also log the table to W&B")
+    args = parser.parse_args(argv)
+    default_models = TABLE1_MODELS if args.table == "table1" else ("wrn28x10",)
+    models = args.models.split(",") if args.models else list(default_models)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    paper = OmegaConf.to_container(OmegaConf.load(args.paper))
+    rows = build_table(args.table, args.dataset, args.runs, models, seeds, paper)
+    md, csv_path = write_outputs(args.table, args.dataset, rows, args.out)
+    markdown = md.read_text()
+    print(markdown)
+    print(f"wrote {md} and {csv_path}")
+    has_results = any(cell.values for cells in rows.values() for cell in cells.values())
+    if args.readme is not None and has_results:
+        update_readme(args.readme, f"{args.table}_{args.dataset}", markdown)
+    if args.wandb:
+        log_to_wandb(args.table, args.dataset, to_rows(args.dataset, rows))
+
+
+if __name__ == "__main__":
+    main()

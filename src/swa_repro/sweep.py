@@ -1,0 +1,136 @@
+"""Run a paper table as one Hydra multirun, then aggregate it.
+
+    python -m swa_repro.sweep table1 --dataset cifar100 [--models vgg16,wrn28x10] [--seeds 0,1,2]
+                              [--runs runs] [--extra "logger=wandb hydra/launcher=slurm"] [--dry-run]
+
+Prints every run with its state (finished / partial / to do) and an estimate of the
+GPU-hours left, then launches `python -m swa_repro.train -m experiment=... seed=...`.
+Finished runs are skipped and partial ones resumed (stable run directories, resume=auto),
+so rerunning the same command only does what is missing. The estimate counts
+6 x MACs per trained image (forward + backward) and 2 x MACs per evaluated one, at an
+assumed sustained --tflops; memory-bound models (the PreResNets) run slower than that.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from torch.utils.flop_counter import FlopCounterMode
+
+from swa_repro import aggregate
+from swa_repro.models import build_model
+from swa_repro.train import CONF_DIR
+
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
+TEST_IMAGES = 10_000
+
+
+def experiments_of(table: str, dataset: str, models: list[str]) -> list[str]:
+    suffix = {"table1": "", "fixed_lr": "_fixed_lr"}[table]
+    return [f"{dataset}/{model}{suffix}_{method}" for model in models for method in ("sgd", "swa")]
+
+
+def macs_per_image(model_name: str, num_classes: int) -> float:
+    model = build_model(model_name, num_classes).eval()
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        model(torch.zeros(1, 3, 32, 32))
+    return counter.get_total_flops() / 2
+
+
+def run_flops(cfg, macs: float, epochs_left: int) -> float:
+    """Training plus evaluation FLOPs of `epochs_left` epochs of a run."""
+    train_images = cfg.data.get("train_size", TRAIN_IMAGES.get(cfg.data.name))
+    test_images = cfg.data.get("test_size", TEST_IMAGES)
+    evals = epochs_left / cfg.eval_every + 1
+    eval_images = evals * test_images * (2 if cfg.method.swa else 1)
+    refresh_images = evals * train_images if cfg.method.swa else 0
+    return 6 * macs * train_images * epochs_left + 2 * macs * (eval_images + refresh_images)
+
+
+def plan(experiments: list[str], seeds: list[int], runs: Path, extra: list[str]) -> list[dict]:
+    rows, macs_cache = [], {}
+    for experiment in experiments:
+        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+            cfg = compose("config", overrides=[f"experiment={experiment}", f"paths.runs={runs}", *extra])
+        key = (cfg.model.name, cfg.data.num_classes)
+        if key not in macs_cache:
+            macs_cache[key] = macs_per_image(*key)
+        for seed in seeds:
+            cfg.seed = seed
+            run_dir = runs / cfg.name
+            status = aggregate.run_status(run_dir)
+            done = cfg.epochs if status.state == "finished" else status.epochs_done
+            rows.append({
+                "experiment": experiment,
+                "seed": seed,
+                "run_dir": run_dir,
+                "finished": status.state == "finished",
+                "status": "to do" if status.state == "missing" else str(status),
+                "flops_left": run_flops(cfg, macs_cache[key], cfg.epochs - done),
+            })  # fmt: skip
+    return rows
+
+
+def print_plan(rows: list[dict], tflops: float) -> None:
+    print(f"{'experiment':<34}{'seed':>5}  {'state':<24}{'GPU-h left':>10}")
+    for r in rows:
+        hours = r["flops_left"] / (tflops * 1e12) / 3600
+        print(f"{r['experiment']:<34}{r['seed']:>5}  {r['status']:<24}{hours:>10.2f}")
+    total = sum(r["flops_left"] for r in rows) / (tflops * 1e12) / 3600
+    todo = sum(not r["finished"] for r in rows)
+    print(
+        f"{todo} of {len(rows)} runs left, about {total:.1f} GPU-hours at an assumed {tflops:g} TFLOP/s sustained "
+        "(a FLOP count: memory-bound models such as the PreResNets take longer)"
+    )
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Run a paper table as a Hydra multirun, then aggregate it.")
+    parser.add_argument("table", choices=sorted(aggregate.TABLES))
+    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--models", default=None, help="comma-separated (default: all of the table)")
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--extra", default="", help="more Hydra overrides for every run")
+    parser.add_argument("--tflops", type=float, default=30.0, help="assumed sustained TFLOP/s for the estimate")
+    parser.add_argument("--dry-run", action="store_true", help="print the plan only")
+    parser.add_argument("--wandb", action="store_true", help="log the aggregated table to W&B")
+    parser.add_argument("--out", type=Path, default=aggregate.REPO / "experiments" / "results")
+    parser.add_argument("--readme", type=Path, default=aggregate.REPO / "README.md")
+    args = parser.parse_args(argv)
+
+    default_models = aggregate.TABLE1_MODELS if args.table == "table1" else ("wrn28x10",)
+    models = args.models.split(",") if args.models else list(default_models)
+    seeds = [int(s) for s in args.seeds.split(",")]
+    extra = shlex.split(args.extra)
+    experiments = experiments_of(args.table, args.dataset, models)
+    rows = plan(experiments, seeds, args.runs, extra)
+    print_plan(rows, args.tflops)
+    if args.dry_run:
+        return
+    returncode = 0
+    if not all(r["finished"] for r in rows):
+        command = [
+            sys.executable, "-m", "swa_repro.train", "-m",
+            f"experiment={','.join(experiments)}", f"seed={','.join(map(str, seeds))}",
+            f"paths.runs={args.runs}", *extra,
+        ]  # fmt: skip
+        print("+ " + shlex.join(command), flush=True)
+        returncode = subprocess.run(command).returncode
+        if returncode != 0:
+            print(f"sweep stopped with exit code {returncode}; rerun the same command to continue")
+    aggregate_args = [args.table, "--dataset", args.dataset, "--runs", str(args.runs), "--models", ",".join(models)]
+    aggregate_args += ["--seeds", args.seeds, "--out", str(args.out), "--readme", str(args.readme)]
+    aggregate.main(aggregate_args + (["--wandb"] if args.wandb else []))
+    if returncode != 0:
+        sys.exit(returncode)
+
+
+if __name__ == "__main__":
+    main()
