@@ -42,11 +42,15 @@ def compose_cfg(*overrides: str):
 class FakeRun:
     def __init__(self, fail_on_log_call: int | None = None):
         self.logged: list[tuple[dict, int]] = []
+        self.image_logs: list[dict] = []
         self.summary: dict = {}
         self.finished = False
         self.fail_on_log_call = fail_on_log_call
 
-    def log(self, record, step):
+    def log(self, record, step=None):
+        if step is None:  # images are logged without a step
+            self.image_logs.append(record)
+            return
         if self.fail_on_log_call is not None and len(self.logged) + 1 == self.fail_on_log_call:
             raise ConnectionError("lost connection to W&B")
         self.logged.append((dict(record), step))
@@ -86,6 +90,8 @@ def test_wandb_receives_config_metrics_and_budget_summary(tmp_path, fake_wandb):
     assert [record for record, _ in run.logged] == metrics
     for label, reading in summary["budgets"].items():
         assert run.summary[f"budget_{label}/test_acc"] == reading["test_acc"]
+    assert isinstance(run.image_logs[-1]["convergence"], wandb.Image)
+    assert (tmp_path / "convergence.png").stat().st_size > 0
     assert run.finished
     assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["logger_run_id"] == kwargs["id"]
 

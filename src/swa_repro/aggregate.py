@@ -22,8 +22,9 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-REPO = Path(__file__).resolve().parents[2]
-PAPER_FILE = REPO / "experiments" / "paper_results.yaml"
+from swa_repro import REPO_ROOT
+
+PAPER_FILE = REPO_ROOT / "experiments" / "paper_results.yaml"
 TABLE1_MODELS = ("vgg16", "preresnet110", "preresnet164", "wrn28x10")
 
 
@@ -108,7 +109,9 @@ def run_status(run_dir: Path) -> RunState:
     return RunState("running", json.loads(lines[-1])["epoch"] if lines else 0, epochs)
 
 
-def build_table(table: str, dataset: str, runs: Path, models, seeds, paper: dict) -> dict[str, dict[str, Cell]]:
+def build_table(
+    table: str, dataset: str, runs: Path, models, seeds, paper: dict
+) -> dict[str, dict[str, Cell]]:
     """model -> column label -> Cell."""
     paper_rows = paper.get(table, {}).get(dataset, {})
     out: dict[str, dict[str, Cell]] = {}
@@ -123,7 +126,9 @@ def build_table(table: str, dataset: str, runs: Path, models, seeds, paper: dict
                 run_dir = runs / dataset / model / col.method / f"seed{seed}"
                 status = run_status(run_dir)
                 if status.state == "finished":
-                    value = read_reading(json.loads((run_dir / "summary.json").read_text()), col.reading)
+                    value = read_reading(
+                        json.loads((run_dir / "summary.json").read_text()), col.reading
+                    )
                     if value is None:
                         cell.pending.append(f"seed {seed}: no {col.reading} reading")
                     else:
@@ -163,7 +168,9 @@ def to_markdown(table: str, dataset: str, rows: dict[str, dict[str, Cell]]) -> s
         "|---" * (len(labels) + 1) + "|",
     ]
     for model, cells in rows.items():
-        lines.append(f"| {model} | " + " | ".join(cell_markdown(cells[label]) for label in labels) + " |")
+        lines.append(
+            f"| {model} | " + " | ".join(cell_markdown(cells[label]) for label in labels) + " |"
+        )
     first, last = labels[0], labels[-1]
     lines += [
         "",
@@ -178,7 +185,12 @@ def to_markdown(table: str, dataset: str, rows: dict[str, dict[str, Cell]]) -> s
             f"| {model} | {_fmt(gain, None)} | {_fmt(paper_gain, None)} | {_fmt(*a.stat('nll'), 4)} | "
             f"{_fmt(*b.stat('nll'), 4)} | {_fmt(*a.stat('ece'), 4)} | {_fmt(*b.stat('ece'), 4)} |"
         )
-    pending = [f"{model} {label}: {p}" for model, cells in rows.items() for label, c in cells.items() for p in c.pending]
+    pending = [
+        f"{model} {label}: {p}"
+        for model, cells in rows.items()
+        for label, c in cells.items()
+        for p in c.pending
+    ]
     if pending:
         lines += ["", "Not included (not finished):", *(f"- {p}" for p in pending)]
     return "\n".join(lines) + "\n"
@@ -227,7 +239,9 @@ def write_outputs(table: str, dataset: str, rows, out_dir: Path) -> tuple[Path, 
 def update_readme(readme: Path, key: str, markdown: str) -> None:
     """Replace the text between <!-- results:KEY --> and <!-- /results:KEY --> (if present)."""
     text = readme.read_text()
-    pattern = re.compile(rf"(<!-- results:{re.escape(key)} -->\n).*?(<!-- /results:{re.escape(key)} -->)", re.S)
+    pattern = re.compile(
+        rf"(<!-- results:{re.escape(key)} -->\n).*?(<!-- /results:{re.escape(key)} -->)", re.S
+    )
     if pattern.search(text):
         readme.write_text(pattern.sub(lambda m: m.group(1) + markdown + m.group(2), text))
 
@@ -239,11 +253,24 @@ def log_to_wandb(table: str, dataset: str, rows: list[dict]) -> None:
 
         from swa_repro.logger import wandb_mode
 
-        run = wandb.init(project="swa-repro", job_type="aggregate", name=f"{table}-{dataset}", mode=wandb_mode(None))
-        run.log({f"{table}_{dataset}": wandb.Table(columns=CSV_FIELDS, data=[[r[f] for f in CSV_FIELDS] for r in rows])})
+        run = wandb.init(
+            project="swa-repro",
+            job_type="aggregate",
+            name=f"{table}-{dataset}",
+            mode=wandb_mode(None),
+        )
+        run.log(
+            {
+                f"{table}_{dataset}": wandb.Table(
+                    columns=CSV_FIELDS, data=[[r[f] for f in CSV_FIELDS] for r in rows]
+                )
+            }
+        )
         run.finish()
     except Exception as exc:
-        print(f"warning: W&B table not logged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})")
+        print(
+            f"warning: W&B table not logged ({type(exc).__name__}: {str(exc).splitlines()[0] if str(exc) else ''})"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -251,11 +278,15 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("table", choices=sorted(TABLES))
     parser.add_argument("--dataset", required=True)
     parser.add_argument("--runs", type=Path, default=Path("runs"))
-    parser.add_argument("--models", default=None, help="comma-separated (default: the table's models)")
+    parser.add_argument(
+        "--models", default=None, help="comma-separated (default: the table's models)"
+    )
     parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", type=Path, default=REPO / "experiments" / "results")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "experiments" / "results")
     parser.add_argument("--paper", type=Path, default=PAPER_FILE)
-    parser.add_argument("--readme", type=Path, default=None, help="update this README's results block")
+    parser.add_argument(
+        "--readme", type=Path, default=None, help="update this README's results block"
+    )
     parser.add_argument("--wandb", action="store_true", help="also log the table to W&B")
     args = parser.parse_args(argv)
     default_models = TABLE1_MODELS if args.table == "table1" else ("wrn28x10",)

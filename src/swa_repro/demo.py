@@ -21,7 +21,9 @@ def run_demo(overrides: list[str]) -> tuple[dict, dict]:
     summaries = []
     for method in ("sgd", "swa"):
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=[f"experiment=synthetic/small_cnn_{method}", *overrides])
+            cfg = compose(
+                "config", overrides=[f"experiment=synthetic/small_cnn_{method}", *overrides]
+            )
         run_dir = f"{cfg.paths.runs}/{cfg.name}"
         print(f"\n=== demo: {method.upper()} -> {run_dir}")
         summaries.append(train(cfg, run_dir))

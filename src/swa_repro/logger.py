@@ -12,11 +12,15 @@ configured (WANDB_API_KEY or a `wandb login`), otherwise offline (sync later wit
 
 from __future__ import annotations
 
+import importlib.util
 import netrc
 import os
 from pathlib import Path
+from types import ModuleType
 
 from omegaconf import DictConfig, OmegaConf
+
+from swa_repro import REPO_ROOT
 
 
 class NullLogger:
@@ -26,6 +30,9 @@ class NullLogger:
         pass
 
     def summary(self, values: dict) -> None:
+        pass
+
+    def convergence_figure(self, run_dir: Path) -> None:
         pass
 
     def close(self) -> None:
@@ -77,6 +84,19 @@ class WandbLogger(NullLogger):
             except Exception as exc:
                 self._disable(exc)
 
+    def convergence_figure(self, run_dir: Path) -> None:
+        """Draw the run's convergence figure (plots/convergence.py) and log it as an image."""
+        if self._run is not None:
+            try:
+                import wandb
+
+                png = load_plot_script("convergence").draw([run_dir], run_dir / "convergence.png")[
+                    0
+                ]
+                self._run.log({"convergence": wandb.Image(str(png))})
+            except Exception as exc:
+                self._disable(exc)
+
     def close(self) -> None:
         if self._run is not None:
             try:
@@ -100,6 +120,16 @@ def _has_api_key() -> bool:
         return netrc.netrc().authenticators("api.wandb.ai") is not None
     except (OSError, netrc.NetrcParseError):
         return False
+
+
+def load_plot_script(name: str) -> ModuleType:
+    """A figure script of plots/ as a module (the drawing code lives only there)."""
+    spec = importlib.util.spec_from_file_location(
+        f"plots_{name}", REPO_ROOT / "plots" / f"{name}.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_logger(cfg: DictConfig, run_dir: Path, run_id: str | None) -> NullLogger:

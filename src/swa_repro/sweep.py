@@ -23,7 +23,7 @@ import torch
 from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
-from swa_repro import aggregate
+from swa_repro import REPO_ROOT, aggregate
 from swa_repro.models import build_model
 from swa_repro.train import CONF_DIR
 
@@ -57,7 +57,9 @@ def plan(experiments: list[str], seeds: list[int], runs: Path, extra: list[str])
     rows, macs_cache = [], {}
     for experiment in experiments:
         with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose("config", overrides=[f"experiment={experiment}", f"paths.runs={runs}", *extra])
+            cfg = compose(
+                "config", overrides=[f"experiment={experiment}", f"paths.runs={runs}", *extra]
+            )
         key = (cfg.model.name, cfg.data.num_classes)
         if key not in macs_cache:
             macs_cache[key] = macs_per_image(*key)
@@ -91,18 +93,24 @@ def print_plan(rows: list[dict], tflops: float) -> None:
 
 
 def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Run a paper table as a Hydra multirun, then aggregate it.")
+    parser = argparse.ArgumentParser(
+        description="Run a paper table as a Hydra multirun, then aggregate it."
+    )
     parser.add_argument("table", choices=sorted(aggregate.TABLES))
     parser.add_argument("--dataset", required=True)
-    parser.add_argument("--models", default=None, help="comma-separated (default: all of the table)")
+    parser.add_argument(
+        "--models", default=None, help="comma-separated (default: all of the table)"
+    )
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--runs", type=Path, default=Path("runs"))
     parser.add_argument("--extra", default="", help="more Hydra overrides for every run")
-    parser.add_argument("--tflops", type=float, default=30.0, help="assumed sustained TFLOP/s for the estimate")
+    parser.add_argument(
+        "--tflops", type=float, default=30.0, help="assumed sustained TFLOP/s for the estimate"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--wandb", action="store_true", help="log the aggregated table to W&B")
-    parser.add_argument("--out", type=Path, default=aggregate.REPO / "experiments" / "results")
-    parser.add_argument("--readme", type=Path, default=aggregate.REPO / "README.md")
+    parser.add_argument("--out", type=Path, default=REPO_ROOT / "experiments" / "results")
+    parser.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md")
     args = parser.parse_args(argv)
 
     default_models = aggregate.TABLE1_MODELS if args.table == "table1" else ("wrn28x10",)
@@ -125,7 +133,15 @@ def main(argv: list[str] | None = None) -> None:
         returncode = subprocess.run(command).returncode
         if returncode != 0:
             print(f"sweep stopped with exit code {returncode}; rerun the same command to continue")
-    aggregate_args = [args.table, "--dataset", args.dataset, "--runs", str(args.runs), "--models", ",".join(models)]
+    aggregate_args = [
+        args.table,
+        "--dataset",
+        args.dataset,
+        "--runs",
+        str(args.runs),
+        "--models",
+        ",".join(models),
+    ]
     aggregate_args += ["--seeds", args.seeds, "--out", str(args.out), "--readme", str(args.readme)]
     aggregate.main(aggregate_args + (["--wandb"] if args.wandb else []))
     if returncode != 0:

@@ -25,6 +25,7 @@ from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
+from swa_repro import REPO_ROOT
 from swa_repro.averaging import is_averaging_epoch, make_averaged_model
 from swa_repro.bn_refresh import refresh_bn
 from swa_repro.checkpoint import CheckpointError
@@ -39,7 +40,7 @@ from swa_repro.rng import capture_rng_state, restore_rng_state, seed_everything
 from swa_repro.run_files import RunFiles, check_same_config, find_resume_state
 from swa_repro.schedule import build_schedule
 
-CONF_DIR = str(Path(__file__).resolve().parents[2] / "conf")
+CONF_DIR = str(REPO_ROOT / "conf")
 LOSS_CHECK_EVERY = 20  # steps between host syncs (progress bar, non-finite loss check)
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
@@ -271,6 +272,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         logger.summary(
             {f"budget_{label}/{k}": v for label, r in readings.items() for k, v in r.items()}
         )
+        logger.convergence_figure(files.root)
     print_summary(summary, files)
     return summary
 
