@@ -1,0 +1,101 @@
+"""Evaluate a weight vector: the one function every analysis (plane, line, rays) uses.
+
+A point is a flat vector of the model's parameters (BN buffers are not part of it). To
+evaluate it: load it into the model, recompute BN statistics over the augmented training
+stream (bn_refresh), then measure on the training stream and on the test set:
+
+    train_loss = train_nll + (weight_decay / 2) ||w||^2   (what SGD minimises)
+    train_nll, train_err (%)  on the augmented training stream, as in the authors'
+                              plane code (dnn-mode-connectivity evaluates its train loader,
+                              which augments)
+    test_loss = test_nll, test_err (%)
+
+The BN-refresh and train-evaluation streams are drawn from fixed seeds, so every point of
+an analysis sees exactly the same images. Data stay on the device across points and no
+autograd graph is built.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from omegaconf import DictConfig, OmegaConf
+from torch.nn.utils import parameters_to_vector, vector_to_parameters
+
+from swa_repro.bn_refresh import refresh_bn
+from swa_repro.checkpoint import load_checkpoint
+from swa_repro.config_check import resolve_device
+from swa_repro.data import Normalizer, Splits, TrainStream, eval_batches, load_data
+from swa_repro.metrics import evaluate
+from swa_repro.models import build_model
+
+METRICS = ("train_loss", "train_nll", "train_err", "test_loss", "test_nll", "test_err")
+
+
+@dataclass
+class RunContext:
+    """A trained run's model skeleton and data, ready to evaluate many points."""
+
+    cfg: DictConfig
+    model: torch.nn.Module
+    data: Splits
+    stream: TrainStream
+    normalize: Normalizer
+    eval_batch_size: int
+    seed: int  # of the analysis streams
+
+    def evaluate(self, vector: torch.Tensor) -> dict[str, float]:
+        """Metrics (METRICS) of the parameters `vector`, after a BN refresh."""
+        vector_to_parameters(
+            vector.to(next(self.model.parameters()).device), self.model.parameters()
+        )
+        refresh_bn(self.model, self.stream.inputs("analysis_bn", self.seed))
+        train = evaluate(
+            self.model,
+            self.stream.batches("analysis_train", self.seed),
+            weight_decay=self.cfg.optim.weight_decay,
+        )
+        test = evaluate(
+            self.model,
+            eval_batches(self.data.test_x, self.data.test_y, self.eval_batch_size, self.normalize),
+        )
+        return {
+            "train_loss": train["loss"],
+            "train_nll": train["nll"],
+            "train_err": train["err"],
+            "test_loss": test["nll"],
+            "test_nll": test["nll"],
+            "test_err": test["err"],
+        }
+
+
+def load_context(
+    run_dir: str | Path, device: str = "auto", eval_batch_size: int | None = None, seed: int = 0
+) -> RunContext:
+    """The model and data of the run in `run_dir` (its config.yaml says which)."""
+    cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
+    dev = resolve_device(device)
+    data = load_data(cfg.data).to(dev)
+    model = build_model(cfg.model.name, data.num_classes).to(dev)
+    normalize = Normalizer(cfg.model.mean, cfg.model.std, dev)
+    # The refresh uses the run's training batch size: BN variances are means of per-batch variances.
+    stream = TrainStream(data.train_x, data.train_y, cfg.optim.batch_size, normalize, seed)
+    return RunContext(
+        cfg, model, data, stream, normalize, eval_batch_size or cfg.eval_batch_size, seed
+    )
+
+
+def checkpoint_vector(path: str | Path, which: str, model: torch.nn.Module) -> torch.Tensor:
+    """The flat parameter vector of `which` ("model" = SGD iterate, "swa_model" = average) in a checkpoint."""
+    state = load_checkpoint(path)
+    weights = state[which]
+    if weights is None:
+        raise ValueError(
+            f"checkpoint {path} holds no {which} (not an SWA run, or averaging had not begun)"
+        )
+    if which == "swa_model":
+        weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
+    names = dict(model.named_parameters())
+    return parameters_to_vector([weights[name].to(torch.float32) for name in names]).cpu()
