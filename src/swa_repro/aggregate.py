@@ -6,7 +6,8 @@
 Reads runs/<dataset>/<model>/<method>/seed<k>/summary.json and writes
 experiments/results/<table>_<dataset>.md and .csv. Each cell: mean +- std over seeds
 (sample std, ddof=1) with n, the paper's value, the difference, and "!" where
-|difference| > 2 sqrt(std_ours^2 + std_paper^2) (a missing std counts as 0). Runs not
+|difference| > 2 sqrt(std_ours^2 + std_paper^2), a missing std counting as 0 (no mark when
+neither std is known: one seed against a value published without spread). Runs not
 finished show as "running (epoch e/E)" or "missing", never as numbers.
 """
 
@@ -148,7 +149,9 @@ def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
 def cell_markdown(cell: Cell) -> str:
     mean, std = cell.stat()
     if mean is None:
-        return "missing" if all("missing" in p for p in cell.pending) else "running"
+        if any("running" in p for p in cell.pending):
+            return "running"
+        return "missing" if all("missing" in p for p in cell.pending) else "no reading"
     text = f"{_fmt(mean, std)} (n={len(cell.values)})"
     if cell.paper is not None:
         text += f" · paper {_fmt(*cell.paper)} · Δ {cell.diff:+.2f}{' !' if cell.flagged else ''}"

@@ -88,9 +88,8 @@ def find_resume_state(resume: str, files: RunFiles) -> dict | None:
         state = load_checkpoint(resume)
         state["path"] = str(resume)
         return state
-    for orphan in files.checkpoints.glob(
-        ".*.tmp*"
-    ):  # left by a crash mid-write; never a complete file
+    # Temporary files left by a crash mid-write are never complete checkpoints.
+    for orphan in files.checkpoints.glob(".*.tmp*"):
         orphan.unlink()
     candidates = files.candidates()
     damaged = []

@@ -7,8 +7,9 @@ Prints every run with its state (finished / partial / to do) and an estimate of 
 GPU-hours left, then launches `python -m swa_repro.train -m experiment=... seed=...`.
 Finished runs are skipped and partial ones resumed (stable run directories, resume=auto),
 so rerunning the same command only does what is missing. The estimate counts
-6 x MACs per trained image (forward + backward) and 2 x MACs per evaluated one, at an
-assumed sustained --tflops; memory-bound models (the PreResNets) run slower than that.
+6 x MACs per trained image (forward + backward) and 2 x MACs per evaluated one (test
+sets, BN-refresh passes), at an assumed sustained --tflops; memory-bound models (the
+PreResNets) run slower than that.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from swa_repro import REPO_ROOT, aggregate
 from swa_repro.models import build_model
-from swa_repro.train import CONF_DIR
+from swa_repro.train import CONF_DIR, budget_epochs, is_eval_epoch
 
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
 TEST_IMAGES = 10_000
@@ -43,14 +44,18 @@ def macs_per_image(model_name: str, num_classes: int) -> float:
     return counter.get_total_flops() / 2
 
 
-def run_flops(cfg, macs: float, epochs_left: int) -> float:
-    """Training plus evaluation FLOPs of `epochs_left` epochs of a run."""
+def run_flops(cfg, macs: float, epochs_done: int) -> float:
+    """Training plus evaluation FLOPs of the epochs after `epochs_done`, counting evaluations
+    (and SWA evaluations with their BN refresh, once averaging has begun) as train.py does."""
     train_images = cfg.data.get("train_size", TRAIN_IMAGES.get(cfg.data.name))
     test_images = cfg.data.get("test_size", TEST_IMAGES)
-    evals = epochs_left / cfg.eval_every + 1
-    eval_images = evals * test_images * (2 if cfg.method.swa else 1)
-    refresh_images = evals * train_images if cfg.method.swa else 0
-    return 6 * macs * train_images * epochs_left + 2 * macs * (eval_images + refresh_images)
+    readings_at = budget_epochs(cfg)
+    evals = [
+        e for e in range(epochs_done + 1, cfg.epochs + 1) if is_eval_epoch(e, cfg, readings_at)
+    ]
+    swa_evals = [e for e in evals if cfg.method.swa and e >= cfg.method.swa_start]
+    forward_images = (len(evals) + len(swa_evals)) * test_images + len(swa_evals) * train_images
+    return 6 * macs * train_images * (cfg.epochs - epochs_done) + 2 * macs * forward_images
 
 
 def plan(experiments: list[str], seeds: list[int], runs: Path, extra: list[str]) -> list[dict]:
@@ -74,7 +79,7 @@ def plan(experiments: list[str], seeds: list[int], runs: Path, extra: list[str])
                 "run_dir": run_dir,
                 "finished": status.state == "finished",
                 "status": "to do" if status.state == "missing" else str(status),
-                "flops_left": run_flops(cfg, macs_cache[key], cfg.epochs - done),
+                "flops_left": run_flops(cfg, macs_cache[key], done),
             })  # fmt: skip
     return rows
 

@@ -65,6 +65,11 @@ def budget_epochs(cfg: DictConfig) -> dict[int, list[str]]:
     return readings
 
 
+def is_eval_epoch(done: int, cfg: DictConfig, readings_at: dict[int, list[str]]) -> bool:
+    """Evaluate after epoch 1, every eval_every epochs, the last epoch and budget epochs (1-based)."""
+    return done == 1 or done % cfg.eval_every == 0 or done == cfg.epochs or done in readings_at
+
+
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run (or resume, or recognise as finished) the run in `run_dir`; returns its summary."""
     validate_config(cfg)
@@ -205,12 +210,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             ):
                 swa_model.update_parameters(model)
             done = epoch + 1
-            if (
-                epoch == 0
-                or done % cfg.eval_every == 0
-                or done == cfg.epochs
-                or done in readings_at
-            ):
+            if is_eval_epoch(done, cfg, readings_at):
                 record = {
                     "epoch": done,
                     "lr": epoch_lr,
