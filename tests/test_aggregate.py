@@ -18,7 +18,6 @@ from pathlib import Path
 import pytest
 import yaml
 from hydra import compose, initialize_config_dir
-from omegaconf import OmegaConf
 
 from swa_repro import aggregate, sweep
 from swa_repro.aggregate import Cell, build_table
