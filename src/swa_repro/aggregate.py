@@ -241,6 +241,9 @@ def write_outputs(table: str, dataset: str, rows, out_dir: Path) -> tuple[Path, 
 
 def update_readme(readme: Path, key: str, markdown: str) -> None:
     """Replace the text between <!-- results:KEY --> and <!-- /results:KEY --> (if present)."""
+    if not readme.is_file():
+        print(f"warning: {readme} not found; results table not copied into it")
+        return
     text = readme.read_text()
     pattern = re.compile(
         rf"(<!-- results:{re.escape(key)} -->\n).*?(<!-- /results:{re.escape(key)} -->)", re.S

@@ -1,0 +1,92 @@
+"""Width of a solution: metrics along random rays from it (paper, random-ray figure).
+
+    d_r = g_r / |g_r|,  g_r ~ N(0, I) from a torch.Generator seeded by derive_seed(seed, "ray", r)
+          (uniform on the unit sphere; direction r depends on (seed, r) only, so the same
+          directions serve every origin and a larger n_directions only adds new ones)
+    point(o, r, k) = w_o + t_k d_r,   t_k in linspace(0, max_distance, T)
+
+Every point is evaluated with RunContext.evaluate, resumably (see common.evaluate_grid).
+Output .npz: distances (T,), origins (O,) names, <metric> (O, R, T) for each metric in
+METRICS, done (O, R, T), config (JSON with n_directions, seed, max_distance).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from swa_repro.analysis.common import (
+    AnalysisError,
+    context_settings,
+    device_of,
+    evaluate_grid,
+    inputs_hash,
+)
+from swa_repro.analysis.points import RunContext
+from swa_repro.rng import derive_seed
+
+
+def ray_direction(seed: int, index: int, size: int) -> torch.Tensor:
+    """Unit direction `index` of `size` elements (float64, CPU), the same on every machine."""
+    generator = torch.Generator().manual_seed(derive_seed(seed, "ray", index))
+    g = torch.randn(size, generator=generator, dtype=torch.float64)
+    return g / g.norm()
+
+
+def compute_rays(
+    ctx: RunContext,
+    origins: dict[str, torch.Tensor],
+    out_path: str | Path,
+    n_directions: int = 10,
+    max_distance: float = 50.0,
+    n_distances: int = 21,
+    seed: int = 0,
+    progress: bool = True,
+    config: dict | None = None,
+) -> dict[str, np.ndarray]:
+    """Evaluate every origin + t d_r into `out_path` (resuming it); returns the saved arrays."""
+    if not origins:
+        raise AnalysisError("rays need at least one origin")
+    if not isinstance(n_directions, int) or n_directions < 1:
+        raise AnalysisError(f"n_directions must be an integer >= 1, got {n_directions!r}")
+    if not isinstance(n_distances, int) or n_distances < 2:
+        raise AnalysisError(f"n_distances must be an integer >= 2, got {n_distances!r}")
+    if not max_distance > 0:
+        raise AnalysisError(f"max_distance must be > 0, got {max_distance!r}")
+    settings = {
+        "analysis": "rays",
+        "origins": list(origins),
+        "n_directions": n_directions,
+        "max_distance": float(max_distance),
+        "n_distances": n_distances,
+        **context_settings(ctx),
+        "seed": seed,  # of the directions
+        "stream_seed": ctx.seed,
+    }
+    digest = inputs_hash(list(origins.values()), settings)
+    device = device_of(ctx)
+    starts = [w.to(device, torch.float64) for w in origins.values()]
+    size = starts[0].numel()
+    distances = np.linspace(0.0, max_distance, n_distances)
+    cached: dict[int, torch.Tensor] = {}  # the direction of the current ray only
+
+    def point_at(index: tuple[int, ...]) -> torch.Tensor:
+        o, r, k = index
+        if r not in cached:
+            cached.clear()
+            cached[r] = ray_direction(seed, r, size).to(device)
+        return (starts[o] + distances[k] * cached[r]).float()
+
+    return evaluate_grid(
+        ctx,
+        (len(starts), n_directions, n_distances),
+        point_at,
+        out_path,
+        {"distances": distances, "origins": np.array(list(origins), dtype=str)},
+        {**settings, **(config or {})},
+        digest,
+        progress,
+        desc="rays",
+    )

@@ -1,0 +1,75 @@
+"""Naming a weight vector on the command line: "CHECKPOINT:SELECTOR".
+
+    run checkpoint (checkpoints/last.pt, checkpoints/epoch_NNNN.pt):
+        model      the SGD iterate
+        swa_model  the running SWA average (refused when nothing has been averaged yet)
+    FGE samples file (written by the fge analysis, a checkpoint with "vectors"):
+        K          sample K (0-based)
+        mean       the equal-weight average of all samples (their SWA solution)
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from swa_repro.analysis.common import AnalysisError
+from swa_repro.analysis.points import checkpoint_vector
+from swa_repro.checkpoint import load_checkpoint
+
+RUN_SELECTORS = ("model", "swa_model")
+
+
+def load_point(spec: str, model: torch.nn.Module) -> torch.Tensor:
+    """The flat float32 parameter vector (on CPU) named by `spec`, checked against `model`."""
+    path, sep, selector = str(spec).rpartition(":")
+    if not sep or not path:
+        raise AnalysisError(
+            f"point {spec!r} must be CHECKPOINT:SELECTOR (selector model, swa_model, "
+            "or for an FGE samples file a sample index or mean)"
+        )
+    state = load_checkpoint(path)
+    size = sum(p.numel() for p in model.parameters())
+    if "vectors" in state:
+        vectors = state["vectors"]
+        if selector == "mean":
+            vector = vectors.double().mean(dim=0).float()
+        elif selector.isdigit() and int(selector) < len(vectors):
+            vector = vectors[int(selector)]
+        else:
+            raise AnalysisError(
+                f"FGE samples file {path} holds samples 0..{len(vectors) - 1}; "
+                f"selector {selector!r} must be one of them or mean"
+            )
+    elif selector in RUN_SELECTORS:
+        averaged = state.get("swa_model")
+        if selector == "swa_model" and (averaged is None or int(averaged["n_averaged"]) == 0):
+            raise AnalysisError(
+                f"checkpoint {path} holds no averaged model (swa_model): not an SWA run, "
+                "or averaging had not begun"
+            )
+        try:
+            vector = checkpoint_vector(path, selector, model)
+        except KeyError as exc:
+            raise AnalysisError(
+                f"checkpoint {path} lacks parameter {exc}: not a checkpoint of run_dir's model"
+            ) from None
+    else:
+        raise AnalysisError(
+            f"unknown selector {selector!r} in {spec!r}; valid for a run checkpoint: "
+            f"{', '.join(RUN_SELECTORS)}"
+        )
+    if vector.numel() != size:
+        raise AnalysisError(
+            f"{spec} has {vector.numel()} parameters but run_dir's model has {size}"
+        )
+    return vector
+
+
+def check_run_dir(run_dir: str | Path) -> Path:
+    """`run_dir` as a Path, refused unless it holds a run's config.yaml."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.yaml").is_file():
+        raise AnalysisError(f"{run_dir} is not a run directory (no config.yaml there)")
+    return run_dir
