@@ -85,6 +85,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     # --- set-up: data on the device, model, averaged copy, optimiser, schedule -------------
     device = resolve_device(cfg.device)
+    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
+    torch.backends.cudnn.allow_tf32 = cfg.tf32
     seed_everything(cfg.seed)
     data = load_data(cfg.data).to(device)
     model = build_model(cfg.model.name, data.num_classes).to(device)
