@@ -22,7 +22,7 @@ from swa_repro.checkpoint import CheckpointError, fsync_dir, load_checkpoint, sa
 from swa_repro.config_check import ConfigError
 
 # Keys that may differ between a run and its resumption (they do not change the numbers).
-RESUME_FREE_KEYS = {"resume", "progress", "device", "eval_batch_size", "paths", "logger", "tf32"}
+RESUME_FREE_KEYS = {"resume", "progress", "device", "eval_batch_size", "paths", "logger"}
 
 
 class RunFiles:
