@@ -53,6 +53,9 @@ def validate_config(cfg) -> None:
     _positive_int(cfg.checkpoint.every, "checkpoint.every")
     if cfg.optim.momentum < 0 or cfg.optim.weight_decay < 0:
         raise ConfigError("optim.momentum and optim.weight_decay must be >= 0")
+    keep_every = cfg.checkpoint.keep_every
+    if not isinstance(keep_every, int) or isinstance(keep_every, bool) or keep_every < 0:
+        raise ConfigError(f"checkpoint.keep_every must be an integer >= 0, got {keep_every!r}")
     for epoch in cfg.checkpoint.keep_epochs:
         if not isinstance(epoch, int) or not 1 <= epoch <= cfg.epochs:
             raise ConfigError(

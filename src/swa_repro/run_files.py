@@ -22,7 +22,15 @@ from swa_repro.checkpoint import CheckpointError, fsync_dir, load_checkpoint, sa
 from swa_repro.config_check import ConfigError
 
 # Keys that may differ between a run and its resumption (they do not change the numbers).
-RESUME_FREE_KEYS = {"resume", "progress", "device", "eval_batch_size", "paths", "logger"}
+RESUME_FREE_KEYS = {
+    "resume",
+    "progress",
+    "device",
+    "eval_batch_size",
+    "paths",
+    "logger",
+    "checkpoint",
+}
 
 
 class RunFiles:
@@ -79,21 +87,19 @@ class RunFiles:
 
 
 def find_resume_state(resume: str, files: RunFiles) -> dict | None:
-    """The checkpoint to continue from: an explicit path, or the newest good one of the run.
+    """The checkpoint to continue from, with state["own"] saying whether it is this run's.
 
-    A damaged candidate is reported in one line and renamed to *.corrupt (kept for
-    inspection, and never rotated over a good file); the next one is tried.
+    The run's own newest good checkpoint always wins, so relaunching any command continues
+    where the run stopped. Only a run directory without checkpoints starts from
+    resume=PATH (e.g. another run's epoch-125 state). A damaged candidate is reported in
+    one line and renamed to *.corrupt (kept for inspection, never rotated over a good
+    file); the next one is tried.
     """
-    if resume != "auto":
-        state = load_checkpoint(resume)
-        state["path"] = str(resume)
-        return state
     # Temporary files left by a crash mid-write are never complete checkpoints.
     for orphan in files.checkpoints.glob(".*.tmp*"):
         orphan.unlink()
-    candidates = files.candidates()
     damaged = []
-    for path in candidates:
+    for path in files.candidates():
         try:
             state = load_checkpoint(path)
         except CheckpointError as exc:
@@ -105,13 +111,17 @@ def find_resume_state(resume: str, files: RunFiles) -> dict | None:
                 aside, n = path.with_name(f"{path.name}.corrupt{n}"), n + 1
             os.replace(path, aside)
             continue
-        state["path"] = str(path)
+        state.update(path=str(path), own=True)
         return state
     if damaged:
         raise CheckpointError(
             f"no loadable checkpoint in {files.checkpoints} (damaged ones renamed *.corrupt); "
             "move the folder away to start this run over"
         )
+    if resume != "auto":
+        state = load_checkpoint(resume)
+        state.update(path=str(resume), own=False)
+        return state
     return None
 
 

@@ -74,12 +74,12 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run (or resume, or recognise as finished) the run in `run_dir`; returns its summary."""
     validate_config(cfg)
     files = RunFiles(Path(run_dir))
-    if files.finished() and cfg.resume == "auto":
+    if files.finished():
         check_same_config(files.read_config(), cfg)
         print(f"{files.root}: already finished, nothing to do (summary: {files.summary})")
         return files.read_summary()
     resumed = find_resume_state(cfg.resume, files)
-    if resumed is not None and cfg.resume == "auto":
+    if resumed is not None and resumed["own"]:
         check_same_config(resumed["config"], cfg)
     files.write_config(cfg)
 
@@ -103,6 +103,10 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     steps_per_epoch = len(stream)
     readings_at = budget_epochs(cfg)
     keep_epochs = set(cfg.checkpoint.keep_epochs) | set(readings_at)
+    if cfg.checkpoint.keep_every:
+        keep_epochs |= set(
+            range(cfg.checkpoint.keep_every, cfg.epochs + 1, cfg.checkpoint.keep_every)
+        )
 
     def test_batches():
         return eval_batches(data.test_x, data.test_y, cfg.eval_batch_size, normalize)
@@ -116,12 +120,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     if resumed is not None:
         model.load_state_dict(resumed["model"])
         optimizer.load_state_dict(resumed["optimizer"])
-        if swa_model is not None:
+        if swa_model is not None and resumed["swa_model"] is not None:
             swa_model.load_state_dict(resumed["swa_model"])
         restore_rng_state(resumed["rng"])
         start_epoch, start_step, totals = resumed["epoch"], resumed["step"], list(resumed["totals"])
-        metrics, readings = json.loads(resumed["metrics"]), json.loads(resumed["readings"])
-        elapsed = resumed["elapsed_s"]
+        if resumed["own"]:  # a run seeded from another run's checkpoint starts its own history
+            metrics, readings = json.loads(resumed["metrics"]), json.loads(resumed["readings"])
+            elapsed = resumed["elapsed_s"]
         where = (
             f"epoch {start_epoch + 1} step {start_step + 1}"
             if start_step
@@ -130,7 +135,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         print(f"resuming {files.root} at {where} from {resumed['path']}")
     print_header(cfg, files, device, model, data.name)
     logger = make_logger(
-        cfg, files.root, resumed.get("logger_run_id") if resumed is not None else None
+        cfg,
+        files.root,
+        resumed["logger_run_id"] if resumed is not None and resumed["own"] else None,
     )
 
     def checkpoint_state(epoch: int, step: int) -> dict:

@@ -131,7 +131,9 @@ def compute_fge(
         vector = parameters_to_vector(model.parameters()).detach().cpu().clone()
         rows.append(ctx.evaluate(vector))
         probabilities = test_probabilities(ctx)
-        probability_sum = probabilities if probability_sum is None else probability_sum + probabilities
+        probability_sum = (
+            probabilities if probability_sum is None else probability_sum + probabilities
+        )
         sample_acc.append(100.0 * float((probabilities.argmax(1) == labels).double().mean()))
         ensemble_acc.append(100.0 * float((probability_sum.argmax(1) == labels).double().mean()))
         vectors.append(vector)

@@ -64,9 +64,10 @@ def plane_basis(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> PlaneBa
         raise AnalysisError("w0 and w2 are the same point; the plane is undefined")
     u = u / dx
     v = w1.to(origin.device, torch.float64) - origin
+    scale = max(dx, float(v.norm()))
     v = v - (v @ u) * u
     dy = float(v.norm())
-    if dy <= 1e-9 * dx:
+    if dy <= 1e-6 * scale:  # within float32 rounding of a line
         raise AnalysisError("w0, w1 and w2 are collinear; the plane is undefined")
     return PlaneBasis(origin, u, v / dy, dx, dy)
 

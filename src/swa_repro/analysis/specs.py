@@ -1,11 +1,11 @@
 """Naming a weight vector on the command line: "CHECKPOINT:SELECTOR".
 
-    run checkpoint (checkpoints/last.pt, checkpoints/epoch_NNNN.pt):
-        model      the SGD iterate
-        swa_model  the running SWA average (refused when nothing has been averaged yet)
-    FGE samples file (written by the fge analysis, a checkpoint with "vectors"):
-        K          sample K (0-based)
-        mean       the equal-weight average of all samples (their SWA solution)
+run checkpoint (checkpoints/last.pt, checkpoints/epoch_NNNN.pt):
+    model      the SGD iterate
+    swa_model  the running SWA average (refused when nothing has been averaged yet)
+FGE samples file (written by the fge analysis, a checkpoint with "vectors"):
+    K          sample K (0-based)
+    mean       the equal-weight average of all samples (their SWA solution)
 """
 
 from __future__ import annotations

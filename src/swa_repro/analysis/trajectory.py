@@ -71,7 +71,7 @@ def compute_trajectory(
         for k in range(len(vectors))
         if k not in (first, middle, last)
     }
-    extra["average"] = torch.stack(vectors).double().mean(dim=0).float()
+    extra["average (SWA)"] = torch.stack(vectors).double().mean(dim=0).float()
     return compute_plane(
         ctx,
         vectors[first],

@@ -1,0 +1,92 @@
+"""resume=PATH seeds a new run from another run's checkpoint; relaunches continue the run's own."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
+
+from swa_repro.checkpoint import load_checkpoint
+from swa_repro.train import CONF_DIR, train
+
+TINY = [
+    "data.train_size=256",
+    "data.test_size=128",
+    "optim.batch_size=64",
+    "progress=false",
+    "eval_every=1",
+]
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+def compose_cfg(*overrides: str):
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=[*TINY, *overrides])
+
+
+@pytest.fixture(scope="module")
+def source_checkpoint(tmp_path_factory):
+    """An SGD run of 2 epochs with its epoch-2 state kept."""
+    root = tmp_path_factory.mktemp("source")
+    train(compose_cfg("method=sgd", "epochs=2", "budget=2"), root)
+    return root / "checkpoints" / "epoch_0002.pt"
+
+
+# SWA with a constant LR from the source's epoch-2 state: epochs 3..5, averaging from epoch 3.
+SEEDED = ["schedule=constant", "schedule.lr=0.05", "epochs=5", "budget=4", "method.swa_start=3"]
+
+
+def test_seeded_run_starts_from_the_given_state(tmp_path, source_checkpoint, capsys):
+    summary = train(compose_cfg(*SEEDED, f"resume={source_checkpoint}"), tmp_path)
+    assert f"resuming {tmp_path} at epoch 3 from {source_checkpoint}" in capsys.readouterr().out
+    assert [m["epoch"] for m in summary_metrics(tmp_path)] == [3, 4, 5]
+    assert summary["final"]["swa"]["n_averaged"] == 3
+
+
+def test_relaunch_continues_the_seeded_runs_own_checkpoint(
+    tmp_path, source_checkpoint, monkeypatch, capsys
+):
+    reference = tmp_path / "reference"
+    train(compose_cfg(*SEEDED, f"resume={source_checkpoint}"), reference)
+
+    real = F.cross_entropy
+    calls = {"n": 0}
+
+    def crash_in_epoch_five(*args, **kwargs):
+        calls["n"] += torch.is_grad_enabled()  # training steps only, not evaluation
+        if calls["n"] == 10:  # 4 steps per epoch: epochs 3, 4 done, step 2 of epoch 5
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    run = tmp_path / "run"
+    monkeypatch.setattr(F, "cross_entropy", crash_in_epoch_five)
+    with pytest.raises(KeyboardInterrupt):
+        train(compose_cfg(*SEEDED, f"resume={source_checkpoint}"), run)
+    monkeypatch.setattr(F, "cross_entropy", real)
+    capsys.readouterr()
+    train(compose_cfg(*SEEDED, f"resume={source_checkpoint}"), run)  # the same command again
+    assert f"at epoch 5 from {run / 'checkpoints' / 'last.pt'}" in capsys.readouterr().out
+    ours, ref = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run, reference))
+    for key in ("model", "swa_model"):
+        assert all(torch.equal(ours[key][k], ref[key][k]) for k in ref[key])
+
+
+def summary_metrics(run_dir):
+    import json
+
+    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_keep_every_keeps_a_trajectory(tmp_path):
+    train(compose_cfg("method=sgd", "epochs=4", "budget=4", "checkpoint.keep_every=2"), tmp_path)
+    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*.pt"))
+    assert kept == ["epoch_0002.pt", "epoch_0004.pt"]
+    assert load_checkpoint(tmp_path / "checkpoints" / "epoch_0002.pt")["epoch"] == 2
