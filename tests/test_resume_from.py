@@ -90,3 +90,8 @@ def test_keep_every_keeps_a_trajectory(tmp_path):
     kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*.pt"))
     assert kept == ["epoch_0002.pt", "epoch_0004.pt"]
     assert load_checkpoint(tmp_path / "checkpoints" / "epoch_0002.pt")["epoch"] == 2
+
+
+def test_a_kept_first_epoch_is_written(tmp_path):
+    train(compose_cfg("method=sgd", "epochs=2", "budget=2", "checkpoint.keep_epochs=[1]"), tmp_path)
+    assert load_checkpoint(tmp_path / "checkpoints" / "epoch_0001.pt")["epoch"] == 1

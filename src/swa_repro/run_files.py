@@ -72,6 +72,7 @@ class RunFiles:
         fsync_dir(self.checkpoints)
 
     def save_kept(self, state: dict, epoch: int) -> None:
+        self.checkpoints.mkdir(parents=True, exist_ok=True)
         save_checkpoint(state, self.kept(epoch))
 
     def kept(self, epoch: int) -> Path:

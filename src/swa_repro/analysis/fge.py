@@ -96,6 +96,8 @@ def compute_fge(
         raise AnalysisError(f"lr1 and lr2 must be > 0, got {lr1!r} and {lr2!r}")
     out_path, samples_path = Path(out_path), Path(samples_path)
     state = load_checkpoint(checkpoint)
+    if not {"model", "optimizer", "epoch"} <= state.keys():
+        raise AnalysisError(f"{checkpoint} is not a training checkpoint (model, optimizer, epoch)")
     model = copy.deepcopy(ctx.model)
     try:
         model.load_state_dict(state["model"])

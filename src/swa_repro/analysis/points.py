@@ -25,11 +25,12 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from swa_repro.bn_refresh import refresh_bn
-from swa_repro.checkpoint import load_checkpoint
 from swa_repro.config_check import resolve_device
 from swa_repro.data import Normalizer, Splits, TrainStream, eval_batches, load_data
+from swa_repro.fast import Speed
 from swa_repro.metrics import evaluate
 from swa_repro.models import build_model
+from swa_repro.multipoint import evaluate_points
 
 METRICS = ("train_loss", "train_nll", "train_err", "test_loss", "test_nll", "test_err")
 
@@ -70,6 +71,43 @@ class RunContext:
             "test_err": test["err"],
         }
 
+    def evaluate_many(
+        self,
+        vectors: torch.Tensor,
+        mode: str = "auto",
+        bn_batch_size: int | None = None,
+        speed: Speed | None = None,
+    ) -> list[dict[str, float]]:
+        """evaluate() of every row of `vectors` (P, D), in ONE pass over each stream for all P.
+
+        Every batch of the BN-refresh, train and test streams is made once and fed to all P
+        points (swa_repro.multipoint): "vmap" stacks parameters and BN buffers under
+        torch.func.vmap, "loop" runs P model copies on the batch, "auto" is vmap on CUDA and
+        loop otherwise. With the defaults the metrics equal evaluate() per point up to
+        floating-point order. bn_batch_size (None: the stream's, as evaluate) changes the
+        refreshed BN statistics; `speed` (bf16 autocast, channels_last) changes the numbers
+        slightly (docs/performance.md).
+        """
+        bn_stream = self.stream
+        if bn_batch_size is not None:
+            bn_stream = TrainStream(
+                self.stream.images,
+                self.stream.labels,
+                bn_batch_size,
+                self.normalize,
+                self.stream.seed,
+            )
+        return evaluate_points(
+            self.model,
+            vectors,
+            bn_stream.inputs("analysis_bn", self.seed),
+            self.stream.batches("analysis_train", self.seed),
+            eval_batches(self.data.test_x, self.data.test_y, self.eval_batch_size, self.normalize),
+            weight_decay=self.cfg.optim.weight_decay,
+            mode=mode,
+            speed=speed,
+        )
+
 
 def load_context(
     run_dir: str | Path, device: str = "auto", eval_batch_size: int | None = None, seed: int = 0
@@ -87,13 +125,13 @@ def load_context(
     )
 
 
-def checkpoint_vector(path: str | Path, which: str, model: torch.nn.Module) -> torch.Tensor:
-    """The flat parameter vector of `which` ("model" = SGD iterate, "swa_model" = average) in a checkpoint."""
-    state = load_checkpoint(path)
+def state_vector(state: dict, which: str, model: torch.nn.Module) -> torch.Tensor:
+    """The flat parameter vector of a loaded checkpoint's `which` ("model" = the SGD iterate,
+    "swa_model" = the average), in `model`'s parameter order."""
     weights = state[which]
-    if weights is None:
+    if weights is None or (which == "swa_model" and int(weights["n_averaged"]) == 0):
         raise ValueError(
-            f"checkpoint {path} holds no {which} (not an SWA run, or averaging had not begun)"
+            f"the checkpoint holds no {which} (not an SWA run, or averaging had not begun)"
         )
     if which == "swa_model":
         weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}

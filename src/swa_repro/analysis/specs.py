@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from swa_repro.analysis.common import AnalysisError
-from swa_repro.analysis.points import checkpoint_vector
+from swa_repro.analysis.points import state_vector
 from swa_repro.checkpoint import load_checkpoint
 
 RUN_SELECTORS = ("model", "swa_model")
@@ -43,14 +43,10 @@ def load_point(spec: str, model: torch.nn.Module) -> torch.Tensor:
                 f"selector {selector!r} must be one of them or mean"
             )
     elif selector in RUN_SELECTORS:
-        averaged = state.get("swa_model")
-        if selector == "swa_model" and (averaged is None or int(averaged["n_averaged"]) == 0):
-            raise AnalysisError(
-                f"checkpoint {path} holds no averaged model (swa_model): not an SWA run, "
-                "or averaging had not begun"
-            )
         try:
-            vector = checkpoint_vector(path, selector, model)
+            vector = state_vector(state, selector, model)
+        except ValueError as exc:
+            raise AnalysisError(f"checkpoint {path}: {exc}") from None
         except KeyError as exc:
             raise AnalysisError(
                 f"checkpoint {path} lacks parameter {exc}: not a checkpoint of run_dir's model"
