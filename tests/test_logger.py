@@ -160,3 +160,44 @@ def test_mode_defaults(monkeypatch, tmp_path):
     monkeypatch.delenv("WANDB_MODE")
     monkeypatch.setenv("WANDB_API_KEY", "x" * 40)
     assert wandb_mode(None) == "online"
+
+
+def test_aggregation_logs_its_table_to_wandb(monkeypatch, tmp_path):
+    from swa_repro import aggregate
+
+    logged = []
+
+    class TableRun:
+        def log(self, values):
+            logged.append(values)
+
+        def finish(self):
+            logged.append("finished")
+
+    inits = []
+
+    def init(**kwargs):
+        inits.append(kwargs)
+        return TableRun()
+
+    monkeypatch.setattr(wandb, "init", init)
+    rows = [{field: i for field in aggregate.CSV_FIELDS} for i in range(3)]
+    aggregate.log_to_wandb("table1", "cifar100", rows)
+    assert inits[0]["job_type"] == "aggregate" and inits[0]["name"] == "table1-cifar100"
+    table = logged[0]["table1_cifar100"]
+    assert isinstance(table, wandb.Table)
+    assert table.columns == aggregate.CSV_FIELDS and table.data == [
+        [i] * len(aggregate.CSV_FIELDS) for i in range(3)
+    ]
+    assert logged[-1] == "finished"
+
+
+def test_aggregation_survives_a_failing_wandb(monkeypatch, capsys):
+    from swa_repro import aggregate
+
+    def broken(**kwargs):
+        raise ConnectionError("no network")
+
+    monkeypatch.setattr(wandb, "init", broken)
+    aggregate.log_to_wandb("table1", "cifar10", [])
+    assert "warning: W&B table not logged (ConnectionError: no network)" in capsys.readouterr().out

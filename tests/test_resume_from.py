@@ -46,7 +46,7 @@ SEEDED = ["schedule=constant", "schedule.lr=0.05", "epochs=5", "budget=4", "meth
 
 def test_seeded_run_starts_from_the_given_state(tmp_path, source_checkpoint, capsys):
     summary = train(compose_cfg(*SEEDED, f"resume={source_checkpoint}"), tmp_path)
-    assert f"resuming {tmp_path} at epoch 3 from {source_checkpoint}" in capsys.readouterr().out
+    assert f"starting {tmp_path} at epoch 3 from {source_checkpoint}" in capsys.readouterr().out
     assert [m["epoch"] for m in summary_metrics(tmp_path)] == [3, 4, 5]
     assert summary["final"]["swa"]["n_averaged"] == 3
 

@@ -31,6 +31,7 @@ from swa_repro.bn_refresh import refresh_bn
 from swa_repro.checkpoint import CheckpointError
 from swa_repro.config_check import ConfigError, resolve_device, validate_config
 from swa_repro.data import DataError, Normalizer, TrainStream, eval_batches, load_data
+from swa_repro.fast import Speed
 from swa_repro.logger import make_logger
 from swa_repro.metrics import evaluate
 from swa_repro.models import build_model
@@ -73,6 +74,7 @@ def is_eval_epoch(done: int, cfg: DictConfig, readings_at: dict[int, list[str]])
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run (or resume, or recognise as finished) the run in `run_dir`; returns its summary."""
     validate_config(cfg)
+    speed = Speed.from_cfg(cfg.get("speed"))  # opt-in fast paths (swa_repro.fast); default all off
     files = RunFiles(Path(run_dir))
     if files.finished():
         check_same_config(files.read_config(), cfg)
@@ -85,11 +87,11 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
     # --- set-up: data on the device, model, averaged copy, optimiser, schedule -------------
     device = resolve_device(cfg.device)
-    torch.backends.cuda.matmul.allow_tf32 = cfg.tf32
-    torch.backends.cudnn.allow_tf32 = cfg.tf32
+    speed.set_backends()
     seed_everything(cfg.seed)
     data = load_data(cfg.data).to(device)
-    model = build_model(cfg.model.name, data.num_classes).to(device)
+    model = speed.prepare(build_model(cfg.model.name, data.num_classes).to(device))
+    step_model = speed.compiled(model)  # shares model's parameters; checkpoints save model
     swa_model = make_averaged_model(model) if cfg.method.swa else None
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -100,6 +102,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     schedule = build_schedule(cfg)
     normalize = Normalizer(cfg.model.mean, cfg.model.std, device)
     stream = TrainStream(data.train_x, data.train_y, cfg.optim.batch_size, normalize, cfg.seed)
+    bn_batch_size = speed.bn_refresh_batch_size or cfg.optim.batch_size
+    bn_stream = TrainStream(data.train_x, data.train_y, bn_batch_size, normalize, cfg.seed)
     steps_per_epoch = len(stream)
     readings_at = budget_epochs(cfg)
     keep_epochs = set(cfg.checkpoint.keep_epochs) | set(readings_at)
@@ -109,7 +113,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         )
 
     def test_batches():
-        return eval_batches(data.test_x, data.test_y, cfg.eval_batch_size, normalize)
+        batch_size = speed.eval_batch_size or cfg.eval_batch_size
+        return eval_batches(data.test_x, data.test_y, batch_size, normalize)
 
     # --- state that a checkpoint carries beyond the modules ---------------------------------
     start_epoch, start_step = 0, 0
@@ -132,7 +137,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
             if start_step
             else f"epoch {start_epoch + 1}"
         )
-        print(f"resuming {files.root} at {where} from {resumed['path']}")
+        verb = "resuming" if resumed["own"] else "starting"
+        print(f"{verb} {files.root} at {where} from {resumed['path']}")
     print_header(cfg, files, device, model, data.name)
     logger = make_logger(
         cfg,
@@ -184,8 +190,9 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 lr = schedule(epoch, step, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                logits = model(inputs)
-                loss = F.cross_entropy(logits, labels)
+                with speed.autocast(device):
+                    logits = step_model(inputs)
+                    loss = F.cross_entropy(logits, labels)
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
@@ -226,12 +233,13 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                     "train_loss": train_loss,
                     "train_acc": train_acc,
                 }
-                record.update(prefixed("test_", evaluate(model, test_batches())))
                 swa_evaluated = swa_model is not None and int(swa_model.n_averaged) > 0
-                if swa_evaluated:
-                    refresh_bn(swa_model, (x for x, _ in stream.batches("bn_refresh", epoch)))
-                    record.update(prefixed("swa_test_", evaluate(swa_model, test_batches())))
-                    record["n_averaged"] = int(swa_model.n_averaged)
+                with speed.autocast(device):
+                    record.update(prefixed("test_", evaluate(model, test_batches())))
+                    if swa_evaluated:
+                        refresh_bn(swa_model, bn_stream.inputs("bn_refresh", epoch))
+                        record.update(prefixed("swa_test_", evaluate(swa_model, test_batches())))
+                        record["n_averaged"] = int(swa_model.n_averaged)
                 record["time_s"] = time.time() - t_epoch
                 metrics.append(record)
                 files.write_metrics(metrics)
