@@ -1,5 +1,6 @@
 # make demo  -> offline SGD vs SWA demo on synthetic data (CPU, a few minutes)
 # make test  -> the test suite (installs what it needs first)
+# make bench -> throughput vs the authors' pipeline on this device (BENCH_ARGS="--repeats 3 ..."), see docs/performance.md
 # make reproduce-cifar100 / reproduce-cifar10 / reproduce-fixed-lr -> paper tables (GPU)
 #   MODELS=vgg16,wrn28x10 (default: all)  SEEDS=0,1,2  RUNS=runs  EXTRA="hydra/launcher=slurm ..."
 #   DRY_RUN=1 prints the plan and GPU-hour estimate only
@@ -17,8 +18,9 @@ EXTRA ?=
 SWEEP = $(PY) -m swa_repro.sweep $(if $(MODELS),--models $(MODELS)) --seeds $(SEEDS) --runs $(RUNS) \
 	$(if $(DRY_RUN),--dry-run)
 
-.PHONY: install demo test test-slow test-all lint clean-demo \
-	reproduce-cifar100 reproduce-cifar10 reproduce-fixed-lr reproduce-synthetic aggregate
+.PHONY: install demo test test-slow test-all lint clean-demo bench \
+	reproduce-cifar100 reproduce-cifar10 reproduce-fixed-lr reproduce-synthetic aggregate \
+	figures figures-demo
 
 install: $(INSTALLED)
 
@@ -41,6 +43,11 @@ test-slow: install
 
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
+
+# Default: small_cnn on CPU (about 2 minutes on 2 cores); PreResNet164 and WRN28x10 on 50k images on a GPU.
+BENCH_ARGS ?=
+bench: install
+	$(PY) -m swa_repro.bench --out experiments/results/bench.json $(BENCH_ARGS)
 
 lint: install
 	$(PY) -m ruff check src tests plots
@@ -66,5 +73,14 @@ aggregate: install
 	$(PY) -m swa_repro.aggregate table1 --dataset cifar100 --runs $(RUNS) --readme README.md
 	$(PY) -m swa_repro.aggregate table1 --dataset cifar10 --runs $(RUNS) --readme README.md
 
+# Every figure of the paper from the Table 1 runs (PreResNet164, CIFAR-100, seed 0 by default).
+FIGURE_SETUP ?= cifar100/preresnet164
+figures: install
+	$(PY) -m swa_repro.figures --runs $(RUNS) --setup $(FIGURE_SETUP) --seed 0
+
+# The same end to end on the demo's synthetic runs (trained if missing), small grids, CPU.
+figures-demo: install
+	$(PY) -m swa_repro.figures --demo
+
 clean-demo:
-	rm -rf $(DEMO_RUNS) figures/demo
+	rm -rf $(DEMO_RUNS) figures/demo figures/synthetic_small_cnn

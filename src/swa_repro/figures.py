@@ -1,0 +1,271 @@
+"""Regenerate every figure of the paper from training runs, computing only what is missing.
+
+    python -m swa_repro.figures [--runs runs] [--setup cifar100/preresnet164] [--seed 0]
+    python -m swa_repro.figures --demo     # the demo's synthetic runs, small grids, CPU, minutes
+
+Needs the Table 1 SGD and SWA runs of the setup (experiment=<setup>_sgd / _swa). Steps, each
+skipped when its output is complete (interrupted grids and runs resume):
+  1. SGD continued from the SWA run's last pre-averaging checkpoint (epoch swa_start - 1, e.g.
+     125) on the SGD run's schedule: the protocol's "SGD and SWA solutions started from the same
+     SGD model at epoch 125". Two more continuations from that point, with a constant and a
+     cyclical LR, keep every epoch: the trajectories of Figure 2 (LR values [UNVERIFIED]).
+  2. Analyses (python -m swa_repro.analysis): the plane through (epoch-125 model, SGD solution,
+     SWA solution) (Figure 1 middle/right); FGE from 0.8 of the SGD run and the plane through
+     three FGE samples with their mean (Figure 1 left); the SWA-SGD line; random rays from both
+     solutions; the two trajectory planes (Figure 2).
+  3. Every plot script draws into --out (PNG + PDF), and the paths are printed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+from omegaconf import OmegaConf
+
+from swa_repro import REPO_ROOT
+from swa_repro.aggregate import run_status
+
+PAPER_SIZES = {
+    "grid": 21,
+    "rays_max_distance": 50.0,
+    "rays_directions": 10,
+    "rays_distances": 21,
+    "line_points": 31,
+}
+DEMO_SIZES = {
+    "grid": 7,
+    "rays_max_distance": 30.0,
+    "rays_directions": 3,
+    "rays_distances": 7,
+    "line_points": 13,
+}
+
+
+def run(command: list[str]) -> None:
+    print("+ " + " ".join(command), flush=True)
+    result = subprocess.run(command)
+    if result.returncode != 0:
+        sys.exit(
+            f"error: step failed (exit {result.returncode}); rerun the same command to continue"
+        )
+
+
+def complete(npz: Path) -> bool:
+    """An analysis output whose every point is computed."""
+    if not npz.is_file():
+        return False
+    with np.load(npz) as data:
+        return "done" not in data.files or bool(data["done"].all())
+
+
+def train_run(overrides: list[str], run_dir: Path) -> None:
+    if run_status(run_dir).state != "finished":
+        run([sys.executable, "-m", "swa_repro.train", *overrides])
+
+
+def analysis(name: str, out: Path, overrides: list[str], base: list[str]) -> None:
+    if not complete(out):
+        run([sys.executable, "-m", "swa_repro.analysis", name, *base, *overrides, f"out={out}"])
+
+
+def plot(script: str, inputs: list[Path], out: Path, *options: str) -> list[Path]:
+    run(
+        [
+            sys.executable,
+            str(REPO_ROOT / "plots" / f"{script}.py"),
+            *map(str, inputs),
+            "--out",
+            str(out),
+            *options,
+        ]
+    )
+    return [out.with_suffix(".png"), out.with_suffix(".pdf")]
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Regenerate every figure from training runs.")
+    parser.add_argument(
+        "--runs", type=Path, default=None, help="runs root (default runs, or runs/demo with --demo)"
+    )
+    parser.add_argument(
+        "--setup", default="cifar100/preresnet164", help="<dataset>/<model> of the runs"
+    )
+    parser.add_argument("--seed", type=int, default=0, help="seed of the runs analysed")
+    parser.add_argument(
+        "--out", type=Path, default=None, help="figure folder (default figures/<setup>)"
+    )
+    parser.add_argument("--grid", type=int, default=None, help="G of the G x G planes (21; demo 7)")
+    parser.add_argument(
+        "--rays-max-distance",
+        type=float,
+        default=None,
+        help="ray length (50 [UNVERIFIED]; demo 30)",
+    )
+    parser.add_argument(
+        "--rays-directions", type=int, default=None, help="random directions (10; demo 3)"
+    )
+    parser.add_argument(
+        "--rays-distances", type=int, default=None, help="points per ray (21; demo 7)"
+    )
+    parser.add_argument(
+        "--line-points", type=int, default=None, help="points on the SWA-SGD line (31; demo 13)"
+    )
+    parser.add_argument(
+        "--trajectory-cycle",
+        default=None,
+        help="a1,a2 of the cyclical trajectory (default swa_lr,swa_lr/10)",
+    )
+    parser.add_argument("--device", default="auto")
+    parser.add_argument("--extra", default="", help="Hydra overrides for every run trained here")
+    parser.add_argument(
+        "--demo",
+        action="store_true",
+        help="the demo runs (runs/demo), small grids, trains what is missing",
+    )
+    args = parser.parse_args(argv)
+    sizes = DEMO_SIZES if args.demo else PAPER_SIZES
+    for key, value in sizes.items():
+        if getattr(args, key) is None:
+            setattr(args, key, value)
+    if args.demo:
+        args.setup = "synthetic/small_cnn"
+    args.runs = args.runs or Path("runs/demo" if args.demo else "runs")
+    out = args.out or Path("figures") / args.setup.replace("/", "_")
+    dataset, model = args.setup.split("/")
+    runs_of = args.runs / args.setup
+    sgd_run, swa_run = runs_of / "sgd" / f"seed{args.seed}", runs_of / "swa" / f"seed{args.seed}"
+    common = [
+        f"seed={args.seed}",
+        f"paths.runs={args.runs}",
+        "progress=false",
+        *shlex.split(args.extra),
+    ]
+
+    # --- the Table 1 runs (trained here only for the demo) ------------------------------------
+    for method, run_dir in (("sgd", sgd_run), ("swa", swa_run)):
+        if run_status(run_dir).state != "finished":
+            if not args.demo:
+                sys.exit(
+                    f"error: {run_dir} is not a finished run; train it first: "
+                    f"make reproduce-{dataset} MODELS={model} SEEDS={args.seed}"
+                )
+            train_run([f"experiment={args.setup}_{method}", *common], run_dir)
+    sgd_cfg = OmegaConf.load(sgd_run / "config.yaml")
+    swa_cfg = OmegaConf.load(swa_run / "config.yaml")
+    start = math.ceil(swa_cfg.method.swa_start) - 1  # last SGD epoch before averaging (125)
+    start_ckpt = swa_run / "checkpoints" / f"epoch_{start:04d}.pt"
+    fge_start = sgd_cfg.budget * 4 // 5
+    fge_ckpt = sgd_run / "checkpoints" / f"epoch_{fge_start:04d}.pt"
+    for needed in (start_ckpt, fge_ckpt):
+        if not needed.is_file():
+            sys.exit(
+                f"error: {needed} is missing; the experiment configs keep it (checkpoint.keep_epochs)"
+            )
+
+    # --- 1. continuations from the epoch-`start` model ----------------------------------------
+    swa_lr = swa_cfg.method.swa_lr
+    a1, a2 = (
+        map(float, args.trajectory_cycle.split(","))
+        if args.trajectory_cycle
+        else (swa_lr, swa_lr / 10)
+    )
+    horizon = sgd_cfg.epochs
+    continuations = {
+        f"sgd_from_epoch{start}": ["schedule=paper"],
+        "trajectory_constant": ["schedule=constant", f"schedule.lr={swa_lr}", "checkpoint.keep_every=1"],
+        "trajectory_cyclic": [
+            "schedule=cyclic", f"schedule.a1={a1}", f"schedule.a2={a2}", "schedule.cycle_epochs=1",
+            "checkpoint.keep_every=1",
+        ],
+    }  # fmt: skip
+    for name, overrides in continuations.items():
+        run_dir = runs_of / name / f"seed{args.seed}"
+        train_run(
+            [
+                f"experiment={args.setup}_sgd", *common, *overrides, f"epochs={horizon}", f"budget={horizon}",
+                f"resume={start_ckpt}", f"name={args.setup}/{name}/seed{args.seed}",
+            ],
+            run_dir,
+        )  # fmt: skip
+    sgd_solution = (
+        runs_of / f"sgd_from_epoch{start}" / f"seed{args.seed}" / "checkpoints" / "last.pt"
+    )
+
+    # --- 2. analyses -------------------------------------------------------------------------
+    data_dir = args.runs / "analyses" / args.setup / f"seed{args.seed}"
+    base = [
+        f"runs={args.runs}",
+        f"setup={args.setup}",
+        f"run_seed={args.seed}",
+        f"out_dir={data_dir}",
+        f"device={args.device}",
+    ]
+    swa_point, sgd_point = f"{swa_run}/checkpoints/last.pt:swa_model", f"{sgd_solution}:model"
+    grid = [f"grid_points={args.grid}"]
+    analysis(
+        "plane", data_dir / "plane.npz",
+        [f"w0={start_ckpt}:model", f"w1={sgd_point}", f"w2={swa_point}", f"labels=[epoch {start},SGD,SWA]", *grid],
+        base,
+    )  # fmt: skip
+    samples = data_dir / "fge_samples.pt"
+    if not (data_dir / "fge.npz").is_file() or not samples.is_file():
+        fge_epochs = max(6, sgd_cfg.budget - fge_start)  # the rest of the run, at least 3 samples
+        run([
+            sys.executable, "-m", "swa_repro.analysis", "fge", *base, f"checkpoint={fge_ckpt}",
+            f"epochs={fge_epochs}", f"out={data_dir / 'fge.npz'}", f"samples_out={samples}",
+        ])  # fmt: skip
+    with np.load(data_dir / "fge.npz") as fge:
+        n = len(fge["sample_test_acc"])
+    first, middle, last = 0, n // 2, n - 1
+    analysis(
+        "plane", data_dir / "plane_fge.npz",
+        [
+            f"run_dir={sgd_run}", f"w0={samples}:{first}", f"w1={samples}:{middle}", f"w2={samples}:{last}",
+            f"labels=[FGE {first + 1},FGE {middle + 1},FGE {last + 1}]", f"+extra.SWA={samples}:mean", *grid,
+        ],
+        base,
+    )  # fmt: skip
+    analysis(
+        "line",
+        data_dir / "line.npz",
+        [f"swa={swa_point}", f"sgd={sgd_point}", f"n_points={args.line_points}"],
+        base,
+    )
+    analysis(
+        "rays", data_dir / "rays.npz",
+        [
+            f"origins.SWA={swa_point}", f"origins.SGD={sgd_point}", f"max_distance={args.rays_max_distance}",
+            f"n_directions={args.rays_directions}", f"n_distances={args.rays_distances}",
+        ],
+        base,
+    )  # fmt: skip
+    trajectories = []
+    for kind, label in (("constant", "constant LR"), ("cyclic", "cyclical LR")):
+        path = data_dir / f"trajectory_{kind}.npz"
+        run_dir = runs_of / f"trajectory_{kind}" / f"seed{args.seed}"
+        analysis("trajectory", path, [f"run_dir={run_dir}", f"label={label}", *grid], base)
+        trajectories.append(path)
+
+    # --- 3. figures --------------------------------------------------------------------------
+    written = plot("convergence", [sgd_run, swa_run], out / "convergence.png")
+    written += plot("plane", [data_dir / "plane.npz"], out / "fig1_plane_sgd_swa.png")
+    written += plot(
+        "plane", [data_dir / "plane_fge.npz"], out / "fig1_plane_fge.png", "--metrics", "test_err"
+    )
+    written += plot("fge", [data_dir / "fge.npz"], out / "fge_ensemble.png")
+    written += plot("trajectory", trajectories, out / "fig2_trajectories.png")
+    written += plot("line", [data_dir / "line.npz"], out / "line_swa_sgd.png")
+    written += plot("rays", [data_dir / "rays.npz"], out / "widths_rays.png")
+    print("\nfigures:")
+    for path in written:
+        print(f"  {path}")
+
+
+if __name__ == "__main__":
+    main()
