@@ -17,11 +17,10 @@ from pathlib import Path
 
 import pytest
 import yaml
-from hydra import compose, initialize_config_dir
 
 from swa_repro import aggregate, sweep
 from swa_repro.aggregate import Cell, build_table
-from swa_repro.train import CONF_DIR
+from swa_repro.train import CONF_DIR, compose_config
 
 PAPER_YAML = Path(__file__).resolve().parents[1] / "experiments" / "paper_results.yaml"
 SWA_LABELS = ("1", "1.25", "1.5")
@@ -553,8 +552,7 @@ def test_macs_per_image_matches_protocol(macs, model):
 
 
 def _compose_experiment(name: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[f"experiment={name}"])
+    return compose_config([f"experiment={name}"])
 
 
 def test_run_flops_hand_computation():
@@ -611,8 +609,7 @@ def test_sweep_dry_run_plan(tmp_path, capsys, monkeypatch, macs):
     assert total.startswith("24 of 24 runs left")
     assert hours == pytest.approx(sum(float(r[3]) for r in rows), abs=0.1)
     # one row by hand: PreResNet164 SWA, 225 epochs from scratch at 30 TFLOP/s
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=["experiment=cifar100/preresnet164_swa"])
+    cfg = compose_config(["experiment=cifar100/preresnet164_swa"])
     expected = sweep.run_flops(cfg, macs[("preresnet164", 100)], 0) / 30e12 / 3600
     row = next(r for r in rows if r[:2] == ("cifar100/preresnet164_swa", "0"))
     assert float(row[3]) == pytest.approx(expected, abs=0.006)

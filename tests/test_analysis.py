@@ -8,7 +8,6 @@ import sys
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 
 from swa_repro.analysis.__main__ import EXIT_USER_ERROR, main
 from swa_repro.analysis.common import AnalysisError
@@ -20,7 +19,7 @@ from swa_repro.analysis.rays import compute_rays, ray_direction
 from swa_repro.analysis.specs import load_point
 from swa_repro.analysis.trajectory import compute_trajectory
 from swa_repro.checkpoint import load_checkpoint
-from swa_repro.train import CONF_DIR, train
+from swa_repro.train import compose_config, train
 
 RUN_OVERRIDES = [
     "experiment=synthetic/small_cnn_swa",
@@ -41,8 +40,7 @@ def run_dir(tmp_path_factory):
     """An SWA run keeping epochs 2, 5 (asked), 3, 4 (budget readings); averaging from epoch 3."""
     torch.set_num_threads(1)
     root = tmp_path_factory.mktemp("analysis_run") / "swa"
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        cfg = compose("config", overrides=RUN_OVERRIDES)
+    cfg = compose_config(RUN_OVERRIDES)
     train(cfg, root)
     return root
 

@@ -14,12 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from swa_repro.config_check import ConfigError, validate_config
 from swa_repro.data import load_data
-from swa_repro.train import CONF_DIR, EXIT_USER_ERROR
+from swa_repro.train import EXIT_USER_ERROR, compose_config
 
 FAST = ["epochs=2", "budget=2", "method.swa_start=1", "progress=false"]
 FAST_SYNTHETIC = ["data.train_size=256", "data.test_size=128", *FAST]
@@ -166,8 +165,7 @@ def test_cli_cuda_without_cuda(tmp_path):
 
 
 def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(list(overrides))
 
 
 def _config_error(cfg) -> str:

@@ -6,11 +6,10 @@ The expected values are written out here as an independent table, not read from 
 from pathlib import Path
 
 import pytest
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
 from swa_repro.config_check import validate_config
-from swa_repro.train import CONF_DIR, budget_epochs
+from swa_repro.train import CONF_DIR, budget_epochs, compose_config
 
 EXPERIMENT_DIR = Path(CONF_DIR) / "experiment"
 
@@ -69,8 +68,7 @@ DEMO_FILES = _found("synthetic")
 
 
 def _compose(experiment: str, *overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[f"experiment={experiment}", *overrides])
+    return compose_config([f"experiment={experiment}", *overrides])
 
 
 def _close(actual, expected, tol=1e-12) -> bool:

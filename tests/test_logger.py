@@ -5,14 +5,12 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 import torch.nn.functional as F
 import wandb
-from hydra import compose, initialize_config_dir
 
 from swa_repro.checkpoint import load_checkpoint
 from swa_repro.logger import wandb_mode
-from swa_repro.train import CONF_DIR, train
+from swa_repro.train import compose_config, train
 
 TINY = [
     "data.train_size=256",
@@ -26,17 +24,8 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[*TINY, "logger=wandb", *overrides])
+    return compose_config([*TINY, "logger=wandb", *overrides])
 
 
 class FakeRun:

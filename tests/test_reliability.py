@@ -33,7 +33,6 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 import swa_repro.train
 from swa_repro.checkpoint import MAGIC, CheckpointError, load_checkpoint
@@ -440,17 +439,8 @@ def test_all_checkpoints_damaged_exits_2_and_deletes_nothing(tmp_path, reference
 # --- 6: non-finite loss -------------------------------------------------------------------------
 
 
-@pytest.fixture
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
-def compose_config(runs: Path, *extra: str):
-    with initialize_config_dir(config_dir=swa_repro.train.CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=overrides_for(runs, *extra))
+def run_config(runs: Path, *extra: str):
+    return swa_repro.train.compose_config(overrides_for(runs, *extra))
 
 
 @pytest.mark.parametrize(
@@ -474,7 +464,7 @@ def test_nan_loss_raises_naming_epoch_and_step(
         return loss * math.nan if steps >= STEPS_PER_EPOCH + nan_from_step else loss
 
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
-    cfg = compose_config(tmp_path / "runs")
+    cfg = run_config(tmp_path / "runs")
     run_dir = tmp_path / "run"
     with pytest.raises(swa_repro.train.NonFiniteError, match=rf"epoch 2 step {nan_from_step}\b"):
         swa_repro.train.train(cfg, run_dir)

@@ -5,10 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 import torch.nn.functional as F
-from hydra import compose, initialize_config_dir
 
 from swa_repro.checkpoint import load_checkpoint
-from swa_repro.train import CONF_DIR, train
+from swa_repro.train import compose_config, train
 
 TINY = [
     "data.train_size=256",
@@ -19,17 +18,8 @@ TINY = [
 ]
 
 
-@pytest.fixture(autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def compose_cfg(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=[*TINY, *overrides])
+    return compose_config([*TINY, *overrides])
 
 
 @pytest.fixture(scope="module")

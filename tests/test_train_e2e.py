@@ -8,11 +8,9 @@ import sys
 from pathlib import Path
 
 import pytest
-import torch
-from hydra import compose, initialize_config_dir
 from omegaconf import OmegaConf
 
-from swa_repro.train import CONF_DIR, train
+from swa_repro.train import compose_config, train
 
 SWA_OVERRIDES = [
     "data.train_size=512",
@@ -70,8 +68,7 @@ def _run_cli(runs: Path, overrides: list[str]) -> subprocess.CompletedProcess:
 
 
 def _compose(*overrides: str):
-    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-        return compose("config", overrides=list(overrides))
+    return compose_config(list(overrides))
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:
@@ -224,15 +221,6 @@ def test_sgd_cli_run(tmp_path):
 
 
 # --------------------------------------------------------------------------- in-process runs
-
-
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Like OMP_NUM_THREADS=1 of the CLI runs: a loaded machine makes extra threads slower."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 def _check_finished(summary: dict, run_dir: Path) -> list[dict]:

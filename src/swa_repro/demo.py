@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import sys
 
-from hydra import compose, initialize_config_dir
-
 from swa_repro.report import metrics_table
-from swa_repro.train import CONF_DIR, train
+from swa_repro.train import compose_config, train
 
 
 def run_demo(overrides: list[str]) -> tuple[dict, dict]:
     summaries = []
     for method in ("sgd", "swa"):
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose(
-                "config", overrides=[f"experiment=synthetic/small_cnn_{method}", *overrides]
-            )
+        cfg = compose_config([f"experiment=synthetic/small_cnn_{method}", *overrides])
         run_dir = f"{cfg.paths.runs}/{cfg.name}"
         print(f"\n=== demo: {method.upper()} -> {run_dir}")
         summaries.append(train(cfg, run_dir))

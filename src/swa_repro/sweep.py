@@ -21,12 +21,11 @@ import sys
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from torch.utils.flop_counter import FlopCounterMode
 
 from swa_repro import REPO_ROOT, aggregate
 from swa_repro.models import build_model
-from swa_repro.train import CONF_DIR, budget_epochs, is_eval_epoch
+from swa_repro.train import budget_epochs, compose_config, is_eval_epoch
 
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
 TEST_IMAGES = 10_000
@@ -61,10 +60,7 @@ def run_flops(cfg, macs: float, epochs_done: int) -> float:
 def plan(experiments: list[str], seeds: list[int], runs: Path, extra: list[str]) -> list[dict]:
     rows, macs_cache = [], {}
     for experiment in experiments:
-        with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
-            cfg = compose(
-                "config", overrides=[f"experiment={experiment}", f"paths.runs={runs}", *extra]
-            )
+        cfg = compose_config([f"experiment={experiment}", f"paths.runs={runs}", *extra])
         key = (cfg.model.name, cfg.data.num_classes)
         if key not in macs_cache:
             macs_cache[key] = macs_per_image(*key)

@@ -21,6 +21,7 @@ from pathlib import Path
 import hydra
 import torch
 import torch.nn.functional as F
+from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -45,6 +46,12 @@ CONF_DIR = str(REPO_ROOT / "conf")
 LOSS_CHECK_EVERY = 20  # steps between host syncs (progress bar, non-finite loss check)
 EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
+
+
+def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
+    """The config `python -m swa_repro.train *overrides` runs with (outside a Hydra job)."""
+    with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
+        return compose("config", overrides=list(overrides))
 
 
 class NonFiniteError(RuntimeError):
