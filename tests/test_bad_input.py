@@ -5,6 +5,7 @@ Pure configuration checks run in-process through validate_config; a representati
 (and everything touching data on disk or Hydra's own errors) goes through the real CLI.
 """
 
+import json
 import os
 import pickle
 import subprocess
@@ -236,3 +237,20 @@ def test_validate_rejects_data_root_that_is_a_file(tmp_path):
 def test_validate_rejects_cuda_without_cuda():
     message = _config_error(_compose("device=cuda"))
     assert "cuda" in message.lower()
+
+
+def test_a_failing_cell_does_not_stop_a_multirun(tmp_path):
+    """The SWA cell is invalid (swa_start beyond the run); the SGD cell after it still runs."""
+    runs = tmp_path / "runs"
+    proc = subprocess.run(
+        [
+            sys.executable, "-m", "swa_repro.train", "-m", "method=swa,sgd", "method.swa_start=99",
+            "epochs=2", "budget=2", "data.train_size=128", "data.test_size=64", "progress=false",
+            f"paths.runs={runs}",
+        ],
+        capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert "error: method.swa_start must lie in 1..epochs=2" in proc.stderr
+    failed = json.loads((runs / "synthetic/small_cnn/swa/seed0/failed.json").read_text())
+    assert failed["exit_code"] == 2 and "swa_start" in failed["error"]
+    assert (runs / "synthetic/small_cnn/sgd/seed0/summary.json").is_file()

@@ -85,3 +85,29 @@ def test_keep_every_keeps_a_trajectory(tmp_path):
 def test_a_kept_first_epoch_is_written(tmp_path):
     train(compose_cfg("method=sgd", "epochs=2", "budget=2", "checkpoint.keep_epochs=[1]"), tmp_path)
     assert load_checkpoint(tmp_path / "checkpoints" / "epoch_0001.pt")["epoch"] == 1
+
+
+def test_a_checkpoint_of_another_model_cannot_seed_a_run(tmp_path, source_checkpoint):
+    from swa_repro.checkpoint import CheckpointError
+
+    with pytest.raises(
+        CheckpointError, match="model.name=small_cnn, this run model.name=preresnet110"
+    ):
+        train(compose_cfg(*SEEDED, "model=preresnet110", f"resume={source_checkpoint}"), tmp_path)
+    with pytest.raises(CheckpointError, match="not before epochs=2"):
+        train(
+            compose_cfg(
+                "epochs=2", "budget=2", "method.swa_start=1", f"resume={source_checkpoint}"
+            ),
+            tmp_path / "b",
+        )
+
+
+def test_a_second_process_on_the_same_run_directory_is_refused(tmp_path):
+    from swa_repro.config_check import ConfigError
+    from swa_repro.run_files import RunFiles
+
+    with RunFiles(tmp_path).locked():
+        with pytest.raises(ConfigError, match="in use by another process"):
+            train(compose_cfg("method=sgd", "epochs=1", "budget=1"), tmp_path)
+    train(compose_cfg("method=sgd", "epochs=1", "budget=1"), tmp_path)  # free again afterwards

@@ -8,7 +8,8 @@ experiments/results/<table>_<dataset>.md and .csv. Each cell: mean +- std over s
 (sample std, ddof=1) with n, the paper's value, the difference, and "!" where
 |difference| > 2 sqrt(std_ours^2 + std_paper^2), a missing std counting as 0 (no mark when
 neither std is known: one seed against a value published without spread). Runs not
-finished show as "running (epoch e/E)" or "missing", never as numbers.
+finished show as "running (epoch e/E)" (or interrupted), "failed" (failed.json) or "missing",
+never as numbers.
 """
 
 from __future__ import annotations
@@ -89,7 +90,7 @@ def read_reading(summary: dict, reading: str) -> dict | None:
 
 @dataclass(frozen=True)
 class RunState:
-    state: str  # finished | running | missing
+    state: str  # finished | failed | running (or interrupted) | missing
     epochs_done: int = 0  # as far as metrics.jsonl shows (the last evaluated epoch)
     epochs: int | None = None
 
@@ -104,6 +105,8 @@ def run_status(run_dir: Path) -> RunState:
         return RunState("finished")
     if not run_dir.is_dir():
         return RunState("missing")
+    if (run_dir / "failed.json").is_file():
+        return RunState("failed")
     config, metrics = run_dir / "config.yaml", run_dir / "metrics.jsonl"
     epochs = OmegaConf.load(config).epochs if config.is_file() else None
     lines = metrics.read_text().splitlines() if metrics.is_file() else []
@@ -151,6 +154,8 @@ def cell_markdown(cell: Cell) -> str:
     if mean is None:
         if any("running" in p for p in cell.pending):
             return "running"
+        if any("failed" in p for p in cell.pending):
+            return "failed (see failed.json)"
         return "missing" if all("missing" in p for p in cell.pending) else "no reading"
     text = f"{_fmt(mean, std)} (n={len(cell.values)})"
     if cell.paper is not None:

@@ -17,10 +17,15 @@ EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was written; relaunch to resume
 
 
 class StopRequest:
-    """Context manager that records stop signals instead of dying on them."""
+    """Context manager that records stop signals instead of dying on them.
+
+    Under submitit, SIGTERM has a handler of its own that deliberately ignores it (the user
+    signal carries the requeue), so a SIGTERM whose previous handler is a Python function is
+    passed straight to it and does not stop the run.
+    """
 
     def __init__(self):
-        self.signum: int | None = None
+        self.signals: list[int] = []
         self._previous: dict[int, object] = {}
 
     def __enter__(self) -> StopRequest:
@@ -34,13 +39,23 @@ class StopRequest:
             signal.signal(sig, handler)
 
     def __bool__(self) -> bool:
-        return self.signum is not None
+        return bool(self.signals)
+
+    @property
+    def signum(self) -> int | None:
+        return self.signals[0] if self.signals else None
 
     def _record(self, signum, frame) -> None:
-        self.signum = signum
+        previous = self._previous.get(signum)
+        if signum == signal.SIGTERM and callable(previous):
+            previous(signum, frame)
+        elif signum not in self.signals:
+            self.signals.append(signum)
 
     def handover(self) -> None:
-        """Give the recorded signal to the handler installed before ours, if it was a function."""
-        previous = self._previous.get(self.signum)
-        if callable(previous):
-            previous(self.signum, None)
+        """Give each recorded signal to the handler installed before ours, if it was a function
+        (submitit's requeue handler for its user signal)."""
+        for signum in self.signals:
+            previous = self._previous.get(signum)
+            if callable(previous):
+                previous(signum, None)

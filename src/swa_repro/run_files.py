@@ -3,8 +3,11 @@
     config.yaml            resolved config
     metrics.jsonl          one JSON object per evaluated epoch (rewritten atomically)
     summary.json           written last: its presence marks a finished run
+    failed.json            the error that stopped the run, if one did (cleared by a success)
+    .lock                  held by the process working on the run
     checkpoints/last.pt    latest state (every checkpoint.every epochs, and on a stop signal)
     checkpoints/last.prev.pt  the one before, the fallback when last.pt is damaged
+    checkpoints/next.pt    a complete new checkpoint between its two renames
     checkpoints/epoch_NNNN.pt kept states (budget epochs, checkpoint.keep_epochs)
 
 Disk use is bounded: two rolling checkpoints plus the kept epochs.
@@ -12,8 +15,10 @@ Disk use is bounded: two rolling checkpoints plus the kept epochs.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
@@ -45,6 +50,33 @@ class RunFiles:
 
     def finished(self) -> bool:
         return self.summary.is_file()
+
+    @contextmanager
+    def locked(self):
+        """Hold an exclusive lock on the run directory (refuse a second process on the same run)."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        with open(self.root / ".lock", "w") as handle:
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise ConfigError(
+                    f"{self.root} is in use by another process (a run or sweep already working on it)"
+                ) from None
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    def record_failure(self, message: str, exit_code: int) -> None:
+        """failed.json: the run stopped on an error (aggregation and sweeps report it)."""
+        if self.root.is_dir():
+            write_text_atomic(
+                self.root / "failed.json",
+                json.dumps({"error": message, "exit_code": exit_code}) + "\n",
+            )
+
+    def clear_failure(self) -> None:
+        (self.root / "failed.json").unlink(missing_ok=True)
 
     def read_summary(self) -> dict:
         return json.loads(self.summary.read_text())

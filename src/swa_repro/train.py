@@ -23,6 +23,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
@@ -81,8 +82,13 @@ def is_eval_epoch(done: int, cfg: DictConfig, readings_at: dict[int, list[str]])
 def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     """Run (or resume, or recognise as finished) the run in `run_dir`; returns its summary."""
     validate_config(cfg)
-    speed = Speed.from_cfg(cfg.get("speed"))  # opt-in fast paths (swa_repro.fast); default all off
     files = RunFiles(Path(run_dir))
+    with files.locked():  # one process per run directory
+        return train_locked(cfg, files)
+
+
+def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
+    speed = Speed.from_cfg(cfg.get("speed"))  # opt-in fast paths (swa_repro.fast); default all off
     if files.finished():
         check_same_config(files.read_config(), cfg)
         print(f"{files.root}: already finished, nothing to do (summary: {files.summary})")
@@ -90,6 +96,8 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     resumed = find_resume_state(cfg.resume, files)
     if resumed is not None and resumed["own"]:
         check_same_config(resumed["config"], cfg)
+    elif resumed is not None:
+        check_seed_checkpoint(resumed, cfg)
     files.write_config(cfg)
 
     # --- set-up: data on the device, model, averaged copy, optimiser, schedule -------------
@@ -130,10 +138,16 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
     readings: dict[str, dict] = {}
     elapsed = 0.0
     if resumed is not None:
-        model.load_state_dict(resumed["model"])
-        optimizer.load_state_dict(resumed["optimizer"])
-        if swa_model is not None and resumed["swa_model"] is not None:
-            swa_model.load_state_dict(resumed["swa_model"])
+        try:
+            model.load_state_dict(resumed["model"])
+            optimizer.load_state_dict(resumed["optimizer"])
+            if swa_model is not None and resumed["swa_model"] is not None:
+                swa_model.load_state_dict(resumed["swa_model"])
+        except (RuntimeError, ValueError, KeyError) as exc:
+            first_line = str(exc).strip().splitlines()[0]
+            raise CheckpointError(
+                f"checkpoint {resumed['path']} does not fit this model: {first_line}"
+            ) from None
         restore_rng_state(resumed["rng"])
         start_epoch, start_step, totals = resumed["epoch"], resumed["step"], list(resumed["totals"])
         if resumed["own"]:  # a run seeded from another run's checkpoint starts its own history
@@ -208,7 +222,14 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                 correct += (logits.detach().argmax(dim=1) == labels).sum()
                 seen += len(labels)
                 pending_losses.append(loss.detach())
-                if len(pending_losses) == LOSS_CHECK_EVERY or step == steps_per_epoch - 1 or stop:
+                stopping = (
+                    bool(stop) and step < steps_per_epoch - 1
+                )  # read once (signals are async)
+                if (
+                    len(pending_losses) == LOSS_CHECK_EVERY
+                    or step == steps_per_epoch - 1
+                    or stopping
+                ):
                     check_losses(pending_losses, epoch, step, files)
                     pending_losses = []
                     bar.set_postfix(
@@ -216,7 +237,7 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
                         acc=f"{100 * correct.item() / seen:.2f}",
                         lr=f"{lr:.4g}",
                     )
-                if stop and step < steps_per_epoch - 1:
+                if stopping:  # checkpoint mid-epoch (the losses up to here were just checked)
                     totals = [loss_sum.item(), float(correct.item()), seen]
                     files.save_rolling(checkpoint_state(epoch, step + 1))
                     stop.handover()
@@ -267,19 +288,19 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
 
             # --- checkpoint --------------------------------------------------------------------
             totals = [0.0, 0.0, 0]
+            stopping = bool(stop)  # read once: a signal arriving now is handled at the next step
             if (
                 done % cfg.checkpoint.every == 0
                 or done == cfg.epochs
                 or done in keep_epochs
-                or stop
+                or stopping
             ):
                 state = checkpoint_state(done, 0)
-                if (
-                    done in keep_epochs
-                ):  # before the rolling save: a crash between them must not lose it
+                # A kept epoch is written before the rolling save: a crash between them must not lose it.
+                if done in keep_epochs:
                     files.save_kept(state, done)
                 files.save_rolling(state)
-            if stop and done < cfg.epochs:
+            if stopping and done < cfg.epochs:
                 stop.handover()
                 raise Preempted(f"stopped by signal {stop.signum} after epoch {done}")
 
@@ -299,6 +320,26 @@ def train(cfg: DictConfig, run_dir: str | Path) -> dict:
         logger.convergence_figure(files.root)
     print_summary(summary, files)
     return summary
+
+
+def check_seed_checkpoint(state: dict, cfg: DictConfig) -> None:
+    """A checkpoint of another run that starts this one must be of this repository, model and data."""
+    missing = {"model", "optimizer", "rng", "epoch", "step", "totals", "config"} - set(state)
+    if missing:
+        raise CheckpointError(
+            f"checkpoint {state['path']} is not a swa_repro training checkpoint (lacks {sorted(missing)})"
+        )
+    source = OmegaConf.create(state["config"])
+    for key in ("model.name", "data.name", "data.num_classes"):
+        theirs, ours = OmegaConf.select(source, key), OmegaConf.select(cfg, key)
+        if theirs != ours:
+            raise CheckpointError(
+                f"checkpoint {state['path']} has {key}={theirs}, this run {key}={ours}"
+            )
+    if state["epoch"] >= cfg.epochs:
+        raise CheckpointError(
+            f"checkpoint {state['path']} is at epoch {state['epoch']}, not before epochs={cfg.epochs}"
+        )
 
 
 def prefixed(prefix: str, values: dict[str, float]) -> dict[str, float]:
@@ -397,15 +438,18 @@ def print_summary(summary: dict, files: RunFiles) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
 def main(cfg: DictConfig) -> None:
-    run_dir = HydraConfig.get().runtime.output_dir
+    hydra_cfg = HydraConfig.get()
+    files = RunFiles(Path(hydra_cfg.runtime.output_dir))
     try:
-        train(cfg, run_dir)
-    except (ConfigError, DataError, CheckpointError) as exc:
+        train(cfg, files.root)
+        files.clear_failure()
+    except (ConfigError, DataError, CheckpointError, NonFiniteError) as exc:
+        code = EXIT_NON_FINITE if isinstance(exc, NonFiniteError) else EXIT_USER_ERROR
         print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_USER_ERROR)
-    except NonFiniteError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(EXIT_NON_FINITE)
+        files.record_failure(str(exc), code)
+        if hydra_cfg.mode == RunMode.MULTIRUN:
+            return  # the other cells of the sweep go on; this one is reported as failed
+        sys.exit(code)
     except Preempted as exc:
         print(f"{exc}; checkpoint written, relaunch the same command to resume", file=sys.stderr)
         sys.exit(EXIT_PREEMPTED)
