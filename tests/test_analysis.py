@@ -330,6 +330,7 @@ def test_cli_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, argv, ne
     common = [
         f"run_dir={run_dir}",
         f"sgd_run={run_dir}",
+        f"sgd_solution={run_dir}/checkpoints/last.pt",
         f"swa_run={run_dir}",
         f"out_dir={tmp_path}",
         "device=cpu",
@@ -344,6 +345,7 @@ def test_cli_line_writes_its_output(run_dir, tmp_path, capsys):
         "line",
         f"swa_run={run_dir}",
         f"sgd_run={run_dir}",
+        f"sgd_solution={run_dir}/checkpoints/last.pt",
         f"out_dir={tmp_path}",
         "n_points=2",
         "device=cpu",

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import io
 import json
 import math
 import re
@@ -25,6 +26,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from swa_repro import REPO_ROOT
+from swa_repro.run_files import write_text_atomic
 
 PAPER_FILE = REPO_ROOT / "experiments" / "paper_results.yaml"
 TABLE1_MODELS = ("vgg16", "preresnet110", "preresnet164", "wrn28x10")
@@ -236,11 +238,12 @@ def to_rows(dataset: str, rows: dict[str, dict[str, Cell]]) -> list[dict]:
 def write_outputs(table: str, dataset: str, rows, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
     md, csv_path = out_dir / f"{table}_{dataset}.md", out_dir / f"{table}_{dataset}.csv"
-    md.write_text(to_markdown(table, dataset, rows))
-    with open(csv_path, "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=CSV_FIELDS)
-        writer.writeheader()
-        writer.writerows(to_rows(dataset, rows))
+    write_text_atomic(md, to_markdown(table, dataset, rows))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
+    writer.writeheader()
+    writer.writerows(to_rows(dataset, rows))
+    write_text_atomic(csv_path, buffer.getvalue())
     return md, csv_path
 
 
@@ -254,7 +257,7 @@ def update_readme(readme: Path, key: str, markdown: str) -> None:
         rf"(<!-- results:{re.escape(key)} -->\n).*?(<!-- /results:{re.escape(key)} -->)", re.S
     )
     if pattern.search(text):
-        readme.write_text(pattern.sub(lambda m: m.group(1) + markdown + m.group(2), text))
+        write_text_atomic(readme, pattern.sub(lambda m: m.group(1) + markdown + m.group(2), text))
 
 
 def log_to_wandb(table: str, dataset: str, rows: list[dict]) -> None:

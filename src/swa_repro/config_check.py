@@ -81,6 +81,14 @@ def validate_config(cfg) -> None:
         _positive(cfg.schedule.a1, "schedule.a1")
         _positive(cfg.schedule.a2, "schedule.a2")
         _positive_int(cfg.schedule.cycle_epochs, "schedule.cycle_epochs")
+        cycle = cfg.schedule.cycle_epochs
+        if cfg.method.swa and (
+            cfg.method.swa_c_epochs != cycle or cfg.method.swa_start % cycle != 0
+        ):
+            raise ConfigError(
+                f"with schedule=cyclic the average must collect the models at cycle ends: set "
+                f"method.swa_c_epochs={cycle} and method.swa_start to a multiple of {cycle}"
+            )
 
     _check_data(cfg.data)
     _check_device(cfg.device)

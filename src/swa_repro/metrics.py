@@ -42,7 +42,11 @@ def evaluate(
         model.train(was_training)
     n = sum(len(h) for h in hits)
     nll = float(nll_sum) / n
-    l2 = sum(float(p.detach().double().pow(2).sum()) for p in model.parameters())
+    l2 = (
+        sum(float(p.detach().double().pow(2).sum()) for p in model.parameters())
+        if weight_decay
+        else 0.0
+    )
     acc = 100.0 * correct / n
     return {
         "loss": nll + 0.5 * weight_decay * l2,

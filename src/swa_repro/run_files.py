@@ -182,9 +182,13 @@ def _differences(a, b, prefix: str = "") -> set[str]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
+    """Write through a synced temporary file and a rename: `path` is always old or new, whole."""
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    with open(tmp, "w") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+    try:
+        with open(tmp, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)

@@ -36,7 +36,7 @@ from swa_repro.data import DataError, Normalizer, TrainStream, eval_batches, loa
 from swa_repro.fast import Speed
 from swa_repro.logger import make_logger
 from swa_repro.metrics import evaluate
-from swa_repro.models import build_model
+from swa_repro.models import build_model, count_parameters
 from swa_repro.preemption import EXIT_PREEMPTED, StopRequest
 from swa_repro.report import metrics_table
 from swa_repro.rng import capture_rng_state, restore_rng_state, seed_everything
@@ -65,7 +65,7 @@ class Preempted(Exception):
 
 def budget_epochs(cfg: DictConfig) -> dict[int, list[str]]:
     """Epoch (1-based) -> budget labels (e.g. "1.25") read at that epoch: floor(budget x fraction)."""
-    fractions = cfg.method.budget_readings if cfg.method.swa else [1.0]
+    fractions = cfg.method.budget_readings
     readings: dict[int, list[str]] = {}
     for f in fractions:
         epoch = math.floor(cfg.budget * f)
@@ -399,7 +399,7 @@ def make_summary(cfg, data_name, metrics, readings, schedule, steps_per_epoch, e
 
 
 def print_header(cfg, files: RunFiles, device, model, data_name: str) -> None:
-    n_params = sum(p.numel() for p in model.parameters())
+    n_params = count_parameters(model)
     tag = " [SYNTHETIC DATA]" if data_name == "synthetic" else ""
     swa = (
         f", SWA from epoch {cfg.method.swa_start} (swa_lr {cfg.method.swa_lr})"
