@@ -254,3 +254,39 @@ def test_a_failing_cell_does_not_stop_a_multirun(tmp_path):
     failed = json.loads((runs / "synthetic/small_cnn/swa/seed0/failed.json").read_text())
     assert failed["exit_code"] == 2 and "swa_start" in failed["error"]
     assert (runs / "synthetic/small_cnn/sgd/seed0/summary.json").is_file()
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (
+            ["swa_repro.sweep", "table1", "--dataset", "cifar100", "--seeds", "a", "--dry-run"],
+            "seeds must be",
+        ),
+        (
+            [
+                "swa_repro.sweep",
+                "table1",
+                "--dataset",
+                "cifar100",
+                "--extra",
+                "nosuch=1",
+                "--dry-run",
+            ],
+            "nosuch",
+        ),
+        (["swa_repro.figures", "--setup", "foo"], "--setup must be <dataset>/<model>"),
+        (
+            ["swa_repro.aggregate", "table1", "--dataset", "cifar10", "--seeds", "0,x"],
+            "seeds must be",
+        ),
+        (["swa_repro.demo", "model.name=nosuch"], "unknown model.name 'nosuch'"),
+    ],
+)
+def test_other_entry_points_fail_with_one_line(argv, message, tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert proc.returncode == 2
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]

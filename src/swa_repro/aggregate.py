@@ -26,6 +26,7 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from swa_repro import REPO_ROOT
+from swa_repro.cli import one_line_errors, parse_seeds
 from swa_repro.run_files import write_text_atomic
 
 PAPER_FILE = REPO_ROOT / "experiments" / "paper_results.yaml"
@@ -287,6 +288,7 @@ def log_to_wandb(table: str, dataset: str, rows: list[dict]) -> None:
         )
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Aggregate runs into the paper's tables.")
     parser.add_argument("table", choices=sorted(TABLES))
@@ -305,7 +307,7 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     default_models = TABLE1_MODELS if args.table == "table1" else ("wrn28x10",)
     models = args.models.split(",") if args.models else list(default_models)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = parse_seeds(args.seeds)
     paper = OmegaConf.to_container(OmegaConf.load(args.paper))
     rows = build_table(args.table, args.dataset, args.runs, models, seeds, paper)
     md, csv_path = write_outputs(args.table, args.dataset, rows, args.out)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import sys
 
+from swa_repro.cli import one_line_errors
 from swa_repro.report import metrics_table
 from swa_repro.train import compose_config, train
 
@@ -37,6 +38,7 @@ def comparison_table(sgd: dict, swa: dict) -> str:
     return "\n".join(lines)
 
 
+@one_line_errors
 def main(argv: list[str]) -> None:
     sgd, swa = run_demo(argv)
     print("\n" + comparison_table(sgd, swa))

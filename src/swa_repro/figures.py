@@ -30,6 +30,8 @@ from omegaconf import OmegaConf
 
 from swa_repro import REPO_ROOT
 from swa_repro.aggregate import run_status
+from swa_repro.cli import one_line_errors
+from swa_repro.config_check import ConfigError
 
 PAPER_SIZES = {
     "grid": 21,
@@ -88,6 +90,7 @@ def plot(script: str, inputs: list[Path], out: Path, *options: str) -> list[Path
     return [out.with_suffix(".png"), out.with_suffix(".pdf")]
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description="Regenerate every figure from training runs.")
     parser.add_argument(
@@ -137,6 +140,8 @@ def main(argv: list[str] | None = None) -> None:
         args.setup = "synthetic/small_cnn"
     args.runs = args.runs or Path("runs/demo" if args.demo else "runs")
     out = args.out or Path("figures") / args.setup.replace("/", "_")
+    if args.setup.count("/") != 1:
+        raise ConfigError(f"--setup must be <dataset>/<model>, got {args.setup!r}")
     dataset, model = args.setup.split("/")
     runs_of = args.runs / args.setup
     sgd_run, swa_run = runs_of / "sgd" / f"seed{args.seed}", runs_of / "swa" / f"seed{args.seed}"

@@ -24,6 +24,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from swa_repro import REPO_ROOT, aggregate
+from swa_repro.cli import one_line_errors, parse_seeds
 from swa_repro.models import build_model
 from swa_repro.train import budget_epochs, compose_config, is_eval_epoch
 
@@ -93,6 +94,7 @@ def print_plan(rows: list[dict], tflops: float) -> None:
     )
 
 
+@one_line_errors
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         description="Run a paper table as a Hydra multirun, then aggregate it."
@@ -116,7 +118,7 @@ def main(argv: list[str] | None = None) -> None:
 
     default_models = aggregate.TABLE1_MODELS if args.table == "table1" else ("wrn28x10",)
     models = args.models.split(",") if args.models else list(default_models)
-    seeds = [int(s) for s in args.seeds.split(",")]
+    seeds = parse_seeds(args.seeds)
     extra = shlex.split(args.extra)
     experiments = experiments_of(args.table, args.dataset, models)
     rows = plan(experiments, seeds, args.runs, extra)
