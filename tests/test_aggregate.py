@@ -628,3 +628,15 @@ def test_sweep_dry_run_plan(tmp_path, capsys, monkeypatch, macs):
     assert sum(r[2] == "to do" for r in rows) == 22
     assert total.startswith("23 of 24 runs left")
     assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before
+
+
+def test_cells_with_fast_path_runs_are_marked(tmp_path, capsys):
+    runs = tmp_path / "runs"
+    faithful = write_sgd(runs, "cifar100", "vgg16", 0, 72.0)
+    fast = write_sgd(runs, "cifar100", "vgg16", 1, 72.2)
+    (faithful / "config.yaml").write_text("epochs: 200\nspeed: {bf16: false, tf32: false}\n")
+    (fast / "config.yaml").write_text("epochs: 200\nspeed: {bf16: true, tf32: true}\n")
+    rows = aggregate.build_table("table1", "cifar100", runs, ["vgg16"], [0, 1], {})
+    assert aggregate.cell_markdown(rows["vgg16"]["SGD"]).endswith("[fast paths: bf16, tf32]")
+    rows = aggregate.build_table("table1", "cifar100", runs, ["vgg16"], [0], {})
+    assert "fast paths" not in aggregate.cell_markdown(rows["vgg16"]["SGD"])

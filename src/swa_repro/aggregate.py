@@ -20,7 +20,7 @@ import io
 import json
 import math
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
@@ -60,6 +60,7 @@ class Cell:
     values: list[dict]  # acc/nll/ece of each finished seed
     pending: list[str]  # "seed 1: running (epoch 40/300)", "seed 2: missing"
     paper: tuple[float, float | None] | None
+    fast_paths: set[str] = field(default_factory=set)  # speed switches on in any included run
 
     def stat(self, key: str = "acc") -> tuple[float | None, float | None]:
         xs = [v[key] for v in self.values]
@@ -103,6 +104,15 @@ class RunState:
         return self.state
 
 
+def fast_paths_of(run_dir: Path) -> set[str]:
+    """The numerics-changing speed switches a run used (empty for the faithful default)."""
+    speed = OmegaConf.load(run_dir / "config.yaml").get("speed") or {}
+    switches = {key for key in ("channels_last", "bf16", "tf32", "compile") if speed.get(key)}
+    if speed.get("bn_refresh_batch_size"):
+        switches.add("bn_refresh_batch_size")
+    return switches
+
+
 def run_status(run_dir: Path) -> RunState:
     if (run_dir / "summary.json").is_file():
         return RunState("finished")
@@ -140,6 +150,7 @@ def build_table(
                         cell.pending.append(f"seed {seed}: no {col.reading} reading")
                     else:
                         cell.values.append(value)
+                        cell.fast_paths |= fast_paths_of(run_dir)
                 else:
                     cell.pending.append(f"seed {seed}: {status}")
             out[model][col.label] = cell
@@ -161,6 +172,8 @@ def cell_markdown(cell: Cell) -> str:
             return "failed (see failed.json)"
         return "missing" if all("missing" in p for p in cell.pending) else "no reading"
     text = f"{_fmt(mean, std)} (n={len(cell.values)})"
+    if cell.fast_paths:
+        text += f" [fast paths: {', '.join(sorted(cell.fast_paths))}]"
     if cell.paper is not None:
         text += f" · paper {_fmt(*cell.paper)} · Δ {cell.diff:+.2f}{' !' if cell.flagged else ''}"
     return text
