@@ -44,7 +44,7 @@ test-slow: install
 test-all: install
 	$(PY) -m pytest -q -m "slow or not slow"
 
-# Default: small_cnn on CPU (about 2 minutes on 2 cores); PreResNet164 and WRN28x10 on 50k images on a GPU.
+# Default: small_cnn on CPU (under a minute on 2 idle cores, a few when loaded); PreResNet164 and WRN28x10 on 50k images on a GPU (estimated 15-30 min).
 BENCH_ARGS ?=
 bench: install
 	$(PY) -m swa_repro.bench --out experiments/results/bench.json $(BENCH_ARGS)

@@ -38,6 +38,10 @@ RESUME_FREE_KEYS = {
 }
 
 
+class RunInUseError(ConfigError):
+    """Another process holds the run directory's lock."""
+
+
 class RunFiles:
     def __init__(self, root: Path):
         self.root = root
@@ -59,7 +63,7 @@ class RunFiles:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
-                raise ConfigError(
+                raise RunInUseError(
                     f"{self.root} is in use by another process (a run or sweep already working on it)"
                 ) from None
             try:

@@ -40,7 +40,7 @@ from swa_repro.models import build_model, count_parameters
 from swa_repro.preemption import EXIT_PREEMPTED, StopRequest
 from swa_repro.report import metrics_table
 from swa_repro.rng import capture_rng_state, restore_rng_state, seed_everything
-from swa_repro.run_files import RunFiles, check_same_config, find_resume_state
+from swa_repro.run_files import RunFiles, RunInUseError, check_same_config, find_resume_state
 from swa_repro.schedule import build_schedule
 
 CONF_DIR = str(REPO_ROOT / "conf")
@@ -446,7 +446,12 @@ def main(cfg: DictConfig) -> None:
     except (ConfigError, DataError, CheckpointError, NonFiniteError) as exc:
         code = EXIT_NON_FINITE if isinstance(exc, NonFiniteError) else EXIT_USER_ERROR
         print(f"error: {exc}", file=sys.stderr)
-        files.record_failure(str(exc), code)
+        # Mark the run failed if it diverged or never started; a refused relaunch of a healthy
+        # run (other config, directory in use) leaves that run as it is.
+        if isinstance(exc, NonFiniteError) or not (
+            files.candidates() or isinstance(exc, RunInUseError)
+        ):
+            files.record_failure(str(exc), code)
         if hydra_cfg.mode == RunMode.MULTIRUN:
             return  # the other cells of the sweep go on; this one is reported as failed
         sys.exit(code)

@@ -1,0 +1,657 @@
+"""Throughput benchmark: this repository's pipeline against the authors' way of doing it.
+
+    python -m swa_repro.bench [--models small_cnn] [--device auto] [--size tiny|small|full]
+                              [--repeats 5] [--speed fast] [--out bench.json]
+
+For each model, on the current device, in one run, the same five measurements of two
+pipelines on the same synthetic CIFAR-shaped data (uint8 32x32 images, no download):
+
+    train_images_per_s       one epoch of SGD (momentum 0.9, wd, batch 128, crop+flip augmentation)
+    eval_images_per_s        test-set evaluation in eval mode
+    bn_refresh_images_per_s  the SWA BN refresh (one augmented pass in train mode, no gradient)
+    averaging_update_ms      one SWA update w <- w + (w_i - w) / (n + 1)
+    plane_point_s            one analysis point: BN refresh + train-stream eval + test eval
+
+- ours: device-resident uint8 data with batched on-device crop/flip (data.TrainStream), the
+  speed options of conf/speed/<--speed>.yaml (swa_repro.fast), the fused AveragedModel
+  update, and RunContext.evaluate_many for plane points (P points per data pass).
+- reference, as the authors' code works: a Dataset of PIL images with torchvision transforms
+  RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize in a DataLoader with 4
+  workers (--ref-workers), batch 128, shuffle, pinned memory on CUDA, fp32, a host sync per
+  step; averaging by a per-parameter Python loop (param *= 1 - a; param += a * new); plane
+  points evaluated one at a time, each with its own passes through the DataLoaders.
+
+Each measurement is warmed up once (not timed; includes torch.compile and cuDNN autotuning),
+then timed `--repeats` times; the median is reported, with every repeat in the JSON. "ratio"
+is always the speed-up of ours over the reference (> 1: ours faster). Derived: the epoch time
+(train_size / train images/s), the BN refresh and the averaging update as fractions of an
+epoch, and a 21 x 21 plane (441 points). Targets (issue SPEED) apply on a GPU.
+"""
+
+from __future__ import annotations
+
+import argparse
+import itertools
+import json
+import os
+import platform
+import statistics
+import sys
+import time
+import warnings
+from collections.abc import Callable, Iterable
+from datetime import datetime, timezone
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from omegaconf import OmegaConf
+from torch import nn
+from torch.nn.utils import vector_to_parameters
+
+from swa_repro import REPO_ROOT
+from swa_repro.analysis.points import RunContext
+from swa_repro.averaging import make_averaged_model
+from swa_repro.bn_refresh import refresh_bn
+from swa_repro.config_check import resolve_device
+from swa_repro.data import Normalizer, Splits, TrainStream, eval_batches
+from swa_repro.fast import Speed, flat_parameters
+from swa_repro.metrics import evaluate
+from swa_repro.models import build_model, count_parameters
+
+MEAN = (0.4914, 0.4822, 0.4465)
+STD = (0.2023, 0.1994, 0.2010)
+BATCH = 128  # the authors' train and test batch
+NUM_CLASSES = 10
+LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
+AVERAGING_UPDATES = 20  # updates per timed repeat of the averaging measurement
+PLANE_GRID = 21
+
+SIZES = {  # images per split, plane points per evaluate_many call
+    "tiny": {"train_size": 320, "test_size": 192, "plane_points": 2},
+    "small": {"train_size": 2048, "test_size": 512, "plane_points": 4},
+    "full": {"train_size": 50000, "test_size": 10000, "plane_points": 8},
+}
+MEASUREMENTS = {  # name -> (unit, higher is better)
+    "train_images_per_s": ("images/s", True),
+    "eval_images_per_s": ("images/s", True),
+    "bn_refresh_images_per_s": ("images/s", True),
+    "averaging_update_ms": ("ms", False),
+    "plane_point_s": ("s", False),
+}
+MEASUREMENT_FIELDS = (
+    "ours",
+    "reference",
+    "ratio",
+    "unit",
+    "higher_is_better",
+    "ours_repeats",
+    "reference_repeats",
+)
+DERIVED = (
+    "epoch_s",
+    "bn_refresh_fraction_of_epoch",
+    "averaging_fraction_of_epoch",
+    "plane_21x21_s",
+)
+
+
+# --- the reference pipeline (the authors' way) ------------------------------------------------
+
+
+class PILDataset(torch.utils.data.Dataset):
+    """(PIL image, label) pairs made once from uint8 (N, 3, 32, 32), as torchvision.datasets.CIFAR."""
+
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
+        from PIL import Image
+
+        array = images.permute(0, 2, 3, 1).contiguous().numpy()
+        self.images = [Image.fromarray(a) for a in array]
+        self.labels = labels.tolist()
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+    def __getitem__(self, i: int):
+        return self.transform(self.images[i]), self.labels[i]
+
+
+def reference_loaders(data: Splits, workers: int, device: torch.device):
+    import torchvision.transforms as T
+
+    train_tf = T.Compose(
+        [
+            T.RandomCrop(32, padding=4),
+            T.RandomHorizontalFlip(),
+            T.ToTensor(),
+            T.Normalize(MEAN, STD),
+        ]
+    )
+    test_tf = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
+    common = {"batch_size": BATCH, "num_workers": workers, "pin_memory": device.type == "cuda"}
+    train = torch.utils.data.DataLoader(
+        PILDataset(data.train_x, data.train_y, train_tf), shuffle=True, **common
+    )
+    test = torch.utils.data.DataLoader(
+        PILDataset(data.test_x, data.test_y, test_tf), shuffle=False, **common
+    )
+    return train, test
+
+
+def on_device(loader: Iterable, device: torch.device, limit: int | None = None):
+    for x, y in itertools.islice(loader, limit):
+        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
+
+
+def reference_train_epoch(model, optimizer, loader, device) -> None:
+    """The authors' train_epoch: fp32, loss.item() and correct counted on the host every step."""
+    model.train()
+    loss_sum, correct = 0.0, 0
+    for x, y in on_device(loader, device):
+        out = model(x)
+        loss = F.cross_entropy(out, y)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.item() * x.size(0)
+        correct += int(out.argmax(1).eq(y).sum().item())
+
+
+@torch.no_grad()
+def reference_eval(model, loader, device, limit=None) -> tuple[float, float]:
+    """The authors' eval: fp32, per-batch host sync."""
+    model.eval()
+    loss_sum, correct, n = 0.0, 0, 0
+    for x, y in on_device(loader, device, limit):
+        out = model(x)
+        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
+        correct += int(out.argmax(1).eq(y).sum().item())
+        n += x.size(0)
+    return loss_sum / n, correct / n
+
+
+def reference_bn_update(model, loader, device, limit=None) -> None:
+    """The authors' utils.bn_update (momentum b / (n + b)) through the DataLoader."""
+    refresh_bn(model, (x for x, _ in on_device(loader, device, limit)))
+
+
+@torch.no_grad()
+def reference_moving_average(net1: nn.Module, net2: nn.Module, alpha: float) -> None:
+    """The authors' utils.moving_average: one Python-level update per parameter tensor."""
+    for p1, p2 in zip(net1.parameters(), net2.parameters(), strict=True):
+        p1.data *= 1.0 - alpha
+        p1.data += p2.data * alpha
+
+
+def reference_plane_point(model, vector, train_loader, test_loader, device, limit=None) -> None:
+    """dnn-mode-connectivity's per-point loop: load, BN update, train eval, test eval."""
+    vector_to_parameters(vector, model.parameters())
+    reference_bn_update(model, train_loader, device, limit)
+    reference_eval(model, train_loader, device, limit)
+    reference_eval(model, test_loader, device, limit)
+
+
+# --- ours ---------------------------------------------------------------------------------------
+
+
+def our_train_epoch(model, step_model, optimizer, stream, speed, device, epoch):
+    """The training loop of swa_repro.train: device-resident stream, no per-step host sync."""
+    model.train()
+    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    for x, y in stream.batches("train", epoch):
+        with speed.autocast(device):
+            logits = step_model(x)
+            loss = F.cross_entropy(logits, y)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        loss_sum += loss.detach().double() * len(y)
+        correct += (logits.detach().argmax(dim=1) == y).sum()
+    return float(loss_sum), int(correct)
+
+
+# --- timing -------------------------------------------------------------------------------------
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+
+
+def timed(fn: Callable[[], object], device: torch.device) -> float:
+    sync(device)
+    t0 = time.perf_counter()
+    fn()
+    sync(device)
+    return time.perf_counter() - t0
+
+
+def measure(
+    fn: Callable[[int], object], device: torch.device, repeats: int, warmup: Callable | None = None
+) -> list[float]:
+    """Seconds of fn(repeat) for each repeat, after one untimed warm-up call (warmup or fn(-1))."""
+    (warmup or (lambda: fn(-1)))()
+    sync(device)
+    return [timed(lambda r=r: fn(r), device) for r in range(repeats)]
+
+
+def entry(name: str, ours: list[float], reference: list[float]) -> dict:
+    unit, higher = MEASUREMENTS[name]
+    o, r = statistics.median(ours), statistics.median(reference)
+    return {
+        "ours": o,
+        "reference": r,
+        "ratio": (o / r if higher else r / o) if o > 0 and r > 0 else None,
+        "unit": unit,
+        "higher_is_better": higher,
+        "ours_repeats": ours,
+        "reference_repeats": reference,
+    }
+
+
+# --- one model ------------------------------------------------------------------------------
+
+
+def bench_model(
+    name: str,
+    data: Splits,
+    device: torch.device,
+    speed: Speed,
+    repeats: int,
+    ref_workers: int,
+    plane_points: int,
+    plane_mode: str,
+    log: Callable[[str], None],
+) -> dict:
+    n_train, n_test = len(data.train_y), len(data.test_y)
+    normalize = Normalizer(MEAN, STD, device)
+    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
+    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
+    stream = TrainStream(train_x, train_y, BATCH, normalize, seed=0)
+    bn_stream = TrainStream(
+        train_x, train_y, speed.bn_refresh_batch_size or BATCH, normalize, seed=0
+    )
+    eval_bs = speed.eval_batch_size or BATCH
+    ref_train, ref_test = reference_loaders(data, ref_workers, device)
+
+    torch.manual_seed(0)
+    ref_model = build_model(name, NUM_CLASSES).to(device)
+    model = build_model(name, NUM_CLASSES).to(device)
+    model.load_state_dict(ref_model.state_dict())
+    speed.prepare(model)
+    step_model = speed.compiled(model)
+
+    def sgd(m):
+        return torch.optim.SGD(m.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+    ours_opt, ref_opt = sgd(model), sgd(ref_model)
+    results: dict[str, dict] = {}
+
+    def report(key: str, ours: list[float], ref: list[float]) -> None:
+        results[key] = entry(key, ours, ref)
+        e = results[key]
+        log(
+            f"  {name:14s} {key:24s} ours {e['ours']:10.4g}  reference {e['reference']:10.4g}  "
+            f"{e['unit']:8s} speed-up x{e['ratio']:.2f}"
+        )
+
+    # training: one epoch per repeat
+    t_ours = measure(
+        lambda r: our_train_epoch(model, step_model, ours_opt, stream, speed, device, r + 1),
+        device,
+        repeats,
+    )
+    t_ref = measure(
+        lambda r: reference_train_epoch(ref_model, ref_opt, ref_train, device), device, repeats
+    )
+    report("train_images_per_s", [n_train / t for t in t_ours], [n_train / t for t in t_ref])
+
+    # evaluation of the test set
+    def our_eval():
+        with speed.autocast(device):
+            evaluate(model, eval_batches(test_x, test_y, eval_bs, normalize))
+
+    t_ours = measure(lambda r: our_eval(), device, repeats)
+    t_ref = measure(lambda r: reference_eval(ref_model, ref_test, device), device, repeats)
+    report("eval_images_per_s", [n_test / t for t in t_ours], [n_test / t for t in t_ref])
+
+    # BN refresh: one augmented pass over the training set
+    def our_refresh(r):
+        with speed.autocast(device):
+            refresh_bn(model, bn_stream.inputs("bn_refresh", r + 1))
+
+    t_ours = measure(our_refresh, device, repeats)
+    t_ref = measure(lambda r: reference_bn_update(ref_model, ref_train, device), device, repeats)
+    report("bn_refresh_images_per_s", [n_train / t for t in t_ours], [n_train / t for t in t_ref])
+
+    # averaging update
+    swa_model = make_averaged_model(model)
+    ref_swa = build_model(name, NUM_CLASSES).to(device)
+    updates = itertools.count(1)
+
+    def ours_avg():
+        for _ in range(AVERAGING_UPDATES):
+            swa_model.update_parameters(model)
+
+    def ref_avg():
+        for _ in range(AVERAGING_UPDATES):
+            reference_moving_average(ref_swa, ref_model, 1.0 / next(updates))
+
+    t_ours = measure(lambda r: ours_avg(), device, repeats)
+    t_ref = measure(lambda r: ref_avg(), device, repeats)
+    per_update = 1000.0 / AVERAGING_UPDATES
+    report("averaging_update_ms", [t * per_update for t in t_ours], [t * per_update for t in t_ref])
+
+    # plane points: P per evaluate_many call (one pass per stream) vs one at a time
+    base = flat_parameters(model)
+    gen = torch.Generator().manual_seed(0)
+    u, v = (torch.randn(base.numel(), generator=gen).to(device) * 1e-3 for _ in range(2))
+    coords = torch.linspace(-0.2, 1.2, plane_points, device=device)
+    vectors = torch.stack([base + a * u + (1 - a) * v for a in coords])
+    cfg = OmegaConf.create(
+        {"optim": {"weight_decay": WEIGHT_DECAY, "batch_size": BATCH}, "model": {"name": name}}
+    )
+    data_dev = Splits(data.name, data.num_classes, train_x, train_y, test_x, test_y)
+    ctx = RunContext(cfg, model, data_dev, stream, normalize, eval_bs, seed=0)
+    warm_ctx = RunContext(
+        cfg,
+        model,
+        Splits(
+            data.name,
+            data.num_classes,
+            train_x[:BATCH],
+            train_y[:BATCH],
+            test_x[:BATCH],
+            test_y[:BATCH],
+        ),
+        TrainStream(train_x[:BATCH], train_y[:BATCH], BATCH, normalize, seed=0),
+        normalize,
+        eval_bs,
+        seed=0,
+    )
+
+    def ours_plane():
+        ctx.evaluate_many(
+            vectors, mode=plane_mode, bn_batch_size=speed.bn_refresh_batch_size, speed=speed
+        )
+
+    t_ours = measure(
+        lambda r: ours_plane(),
+        device,
+        repeats,
+        warmup=lambda: warm_ctx.evaluate_many(vectors, mode=plane_mode, speed=speed),
+    )
+    ref_vector = vectors[0].clone()
+    t_ref = measure(
+        lambda r: reference_plane_point(ref_model, ref_vector, ref_train, ref_test, device),
+        device,
+        repeats,
+        warmup=lambda: reference_plane_point(
+            ref_model, ref_vector, ref_train, ref_test, device, limit=2
+        ),
+    )
+    report("plane_point_s", [t / plane_points for t in t_ours], t_ref)
+
+    # derived fields and the issue's targets
+    med = {k: (v["ours"], v["reference"]) for k, v in results.items()}
+    epoch = [n_train / med["train_images_per_s"][i] for i in (0, 1)]
+    bn = [n_train / med["bn_refresh_images_per_s"][i] for i in (0, 1)]
+    avg = [med["averaging_update_ms"][i] / 1000.0 for i in (0, 1)]
+    plane = [PLANE_GRID**2 * med["plane_point_s"][i] for i in (0, 1)]
+    derived = {
+        "epoch_s": {"ours": epoch[0], "reference": epoch[1]},
+        "bn_refresh_fraction_of_epoch": {
+            "ours": bn[0] / epoch[0],
+            "reference": bn[1] / epoch[1],
+            "ours_of_reference_epoch": bn[0] / epoch[1],
+        },
+        "averaging_fraction_of_epoch": {
+            "ours": avg[0] / epoch[0],
+            "reference": avg[1] / epoch[1],
+            "ours_of_reference_epoch": avg[0] / epoch[1],
+        },
+        "plane_21x21_s": {"ours": plane[0], "reference": plane[1], "ratio": plane[1] / plane[0]},
+    }
+    gpu = device.type == "cuda"
+    targets = [
+        target(
+            "training throughput >= 2x reference (PreResNet164, batch 128)",
+            results["train_images_per_s"]["ratio"],
+            ">=",
+            2.0,
+            gpu and name == "preresnet164",
+        ),
+        target(
+            "BN refresh <= 0.35 of a training epoch",
+            derived["bn_refresh_fraction_of_epoch"]["ours"],
+            "<=",
+            0.35,
+            gpu,
+        ),
+        target(
+            "averaging update < 1% of a training epoch",
+            derived["averaging_fraction_of_epoch"]["ours"],
+            "<",
+            0.01,
+            gpu,
+        ),
+        target(
+            "21 x 21 plane >= 5x faster than the per-point loop (PreResNet164)",
+            derived["plane_21x21_s"]["ratio"],
+            ">=",
+            5.0,
+            gpu and name == "preresnet164",
+        ),
+    ]
+    return {
+        "params": count_parameters(model),
+        "measurements": results,
+        "derived": derived,
+        "targets": targets,
+    }
+
+
+def target(what: str, value: float, op: str, threshold: float, applies: bool) -> dict:
+    met = {">=": value >= threshold, "<=": value <= threshold, "<": value < threshold}[op]
+    return {
+        "target": what,
+        "value": value,
+        "op": op,
+        "threshold": threshold,
+        "met": bool(met),
+        "applies": bool(applies),  # the issue's targets are set for a GPU (and the named model)
+    }
+
+
+# --- environment, data, CLI -------------------------------------------------------------------
+
+
+def environment(device: torch.device) -> dict:
+    import torchvision
+
+    try:
+        affinity = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        affinity = os.cpu_count()
+    if device.type == "cuda":
+        name = torch.cuda.get_device_name(device)
+    else:
+        name = f"CPU ({platform.processor() or platform.machine()}, {affinity} cores usable)"
+    return {
+        "device": str(device),
+        "device_name": name,
+        "cpu_count": os.cpu_count(),
+        "cpu_cores_usable": affinity,
+        "torch_threads": torch.get_num_threads(),
+        "torch": torch.__version__,
+        "torchvision": torchvision.__version__,
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cuda": torch.version.cuda if device.type == "cuda" else None,
+        "cudnn": torch.backends.cudnn.version() if device.type == "cuda" else None,
+        "load_average_start": load_average(),  # other work on the machine skews CPU figures
+    }
+
+
+def load_average() -> float | None:
+    try:
+        return os.getloadavg()[0]
+    except (AttributeError, OSError):  # not available on this platform
+        return None
+
+
+def synthetic_data(train_size: int, test_size: int) -> Splits:
+    """Random uint8 CIFAR-shaped images and labels (content is irrelevant to throughput)."""
+    gen = torch.Generator().manual_seed(0)
+
+    def split(n):
+        x = torch.randint(0, 256, (n, 3, 32, 32), generator=gen, dtype=torch.uint8)
+        return x, torch.randint(0, NUM_CLASSES, (n,), generator=gen)
+
+    train_x, train_y = split(train_size)
+    test_x, test_y = split(test_size)
+    return Splits("synthetic", NUM_CLASSES, train_x, train_y, test_x, test_y)
+
+
+def load_speed(name: str) -> Speed:
+    path = Path(name) if name.endswith(".yaml") else REPO_ROOT / "conf" / "speed" / f"{name}.yaml"
+    return Speed.from_cfg(OmegaConf.load(path))
+
+
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(
+        prog="python -m swa_repro.bench", description=__doc__.split("\n")[0]
+    )
+    p.add_argument(
+        "--models", help="comma-separated; default small_cnn on CPU, preresnet164,wrn28x10 on GPU"
+    )
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
+    p.add_argument("--size", choices=sorted(SIZES), help="default: small on CPU, full on GPU")
+    p.add_argument("--train-size", type=int, help="override the size's training images")
+    p.add_argument("--test-size", type=int, help="override the size's test images")
+    p.add_argument("--repeats", type=int, default=5, help="timed repeats per measurement (median)")
+    p.add_argument(
+        "--speed", default="fast", help="conf/speed/NAME.yaml (or a .yaml path) for ours"
+    )
+    p.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="override speed.compile; auto: the file's value on CUDA, off on CPU (minutes of compiling)",
+    )
+    p.add_argument(
+        "--plane-points", type=int, help="points per evaluate_many call (default by size)"
+    )
+    p.add_argument("--plane-mode", choices=("auto", "vmap", "loop"), default="auto")
+    p.add_argument(
+        "--ref-workers", type=int, default=4, help="reference DataLoader workers (authors: 4)"
+    )
+    p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
+    p.add_argument("--out", default="bench.json", help="JSON output path")
+    args = p.parse_args(argv)
+    if args.repeats < 1:
+        p.error("--repeats must be >= 1")
+    return args
+
+
+def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> dict:
+    args = parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = resolve_device(args.device)
+    gpu = device.type == "cuda"
+    models = (args.models or ("preresnet164,wrn28x10" if gpu else "small_cnn")).split(",")
+    size = args.size or ("full" if gpu else "small")
+    sizes = dict(SIZES[size])
+    sizes["train_size"] = args.train_size or sizes["train_size"]
+    sizes["test_size"] = args.test_size or sizes["test_size"]
+    plane_points = args.plane_points or sizes["plane_points"]
+    speed = load_speed(args.speed)
+    compile_on = {"on": True, "off": False, "auto": speed.compile and gpu}[args.compile]
+    speed = Speed(**{**speed.as_dict(), "compile": compile_on})
+    plane_mode = args.plane_mode if args.plane_mode != "auto" else ("vmap" if gpu else "loop")
+    speed.set_backends()
+
+    env = environment(device)
+    settings = {
+        "size": size,
+        "train_size": sizes["train_size"],
+        "test_size": sizes["test_size"],
+        "batch_size": BATCH,
+        "repeats": args.repeats,
+        "warmup": 1,
+        "ref_workers": args.ref_workers,
+        "speed_name": args.speed,
+        "speed": speed.as_dict(),
+        "plane_points_per_pass": plane_points,
+        "plane_mode": plane_mode,
+        "averaging_updates_per_repeat": AVERAGING_UPDATES,
+    }
+    log(
+        f"bench on {env['device_name']} | torch {env['torch']} torchvision {env['torchvision']} | "
+        f"{env['cpu_count']} CPUs ({env['cpu_cores_usable']} usable), {env['torch_threads']} torch threads"
+    )
+    log(
+        f"size {size}: {sizes['train_size']} train / {sizes['test_size']} test synthetic images, "
+        f"{args.repeats} repeats after 1 warm-up | ours: speed={args.speed} {speed.as_dict()}, "
+        f"plane {plane_points} points/pass ({plane_mode}) | reference: PIL + DataLoader "
+        f"({args.ref_workers} workers), fp32, batch {BATCH}"
+    )
+    data = synthetic_data(sizes["train_size"], sizes["test_size"])
+    out = {
+        "schema": 1,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "command": " ".join(
+            ["python -m swa_repro.bench", *(argv if argv is not None else sys.argv[1:])]
+        ),
+        "environment": env,
+        "settings": settings,
+        "models": {},
+    }
+    for name in models:
+        with warnings.catch_warnings():  # the reference keeps the authors' 4 workers on any machine
+            warnings.filterwarnings("ignore", message="This DataLoader will create")
+            out["models"][name] = bench_model(
+                name,
+                data,
+                device,
+                speed,
+                args.repeats,
+                args.ref_workers,
+                plane_points,
+                plane_mode,
+                log,
+            )
+        d = out["models"][name]["derived"]
+        log(
+            f"  {name:14s} epoch {d['epoch_s']['ours']:.3g}s (reference {d['epoch_s']['reference']:.3g}s), "
+            f"BN refresh {d['bn_refresh_fraction_of_epoch']['ours']:.3f} of an epoch, averaging "
+            f"{d['averaging_fraction_of_epoch']['ours']:.2e} of an epoch, 21x21 plane "
+            f"{d['plane_21x21_s']['ours']:.4g}s vs {d['plane_21x21_s']['reference']:.4g}s "
+            f"(x{d['plane_21x21_s']['ratio']:.2f})"
+        )
+        for t in out["models"][name]["targets"]:
+            status = ("met" if t["met"] else "NOT met") if t["applies"] else "n/a here (GPU target)"
+            log(
+                f"    target {t['target']}: {t['value']:.4g} {t['op']} {t['threshold']} -> {status}"
+            )
+    out["environment"]["load_average_end"] = load_average()
+    log(
+        f"1-minute load average: {env['load_average_start']} at the start, "
+        f"{out['environment']['load_average_end']} at the end ({env['cpu_cores_usable']} cores)"
+    )
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(out, indent=2) + "\n")
+    log(f"results written to {path}")
+    return out
+
+
+def main() -> None:
+    run()
+
+
+if __name__ == "__main__":
+    main()
