@@ -31,6 +31,7 @@ from swa_repro import REPO_ROOT
 from swa_repro.averaging import is_averaging_epoch, make_averaged_model
 from swa_repro.bn_refresh import refresh_bn
 from swa_repro.checkpoint import CheckpointError
+from swa_repro.cli import EXIT_USER_ERROR
 from swa_repro.config_check import ConfigError, resolve_device, validate_config
 from swa_repro.data import DataError, Normalizer, TrainStream, eval_batches, load_data
 from swa_repro.fast import Speed
@@ -45,7 +46,6 @@ from swa_repro.schedule import build_schedule
 
 CONF_DIR = str(REPO_ROOT / "conf")
 LOSS_CHECK_EVERY = 20  # steps between host syncs (progress bar, non-finite loss check)
-EXIT_USER_ERROR = 2
 EXIT_NON_FINITE = 3
 
 

@@ -29,11 +29,11 @@ from swa_repro.analysis.rays import compute_rays
 from swa_repro.analysis.specs import check_run_dir, load_point
 from swa_repro.analysis.trajectory import compute_trajectory
 from swa_repro.checkpoint import CheckpointError
+from swa_repro.cli import EXIT_USER_ERROR
 from swa_repro.config_check import ConfigError
 from swa_repro.data import DataError
 
 ANALYSIS_CONF_DIR = str(REPO_ROOT / "conf" / "analysis")
-EXIT_USER_ERROR = 2
 
 
 def context(cfg: DictConfig) -> RunContext:
