@@ -25,7 +25,7 @@ USER_ERRORS = (
 
 
 def parse_seeds(text: str) -> list[int]:
-    """"0,1,2" -> [0, 1, 2]."""
+    """ "0,1,2" -> [0, 1, 2]."""
     try:
         return [int(seed) for seed in text.split(",")]
     except ValueError:
