@@ -58,6 +58,7 @@ from swa_repro.data import Normalizer, Splits, TrainStream, eval_batches
 from swa_repro.fast import Speed, flat_parameters
 from swa_repro.metrics import evaluate
 from swa_repro.models import build_model, count_parameters
+from swa_repro.train import sgd_step
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
@@ -201,14 +202,9 @@ def our_train_epoch(model, step_model, optimizer, stream, speed, device, epoch):
     loss_sum = torch.zeros((), dtype=torch.float64, device=device)
     correct = torch.zeros((), dtype=torch.int64, device=device)
     for x, y in stream.batches("train", epoch):
-        with speed.autocast(device):
-            logits = step_model(x)
-            loss = F.cross_entropy(logits, y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.detach().double() * len(y)
-        correct += (logits.detach().argmax(dim=1) == y).sum()
+        loss, logits = sgd_step(step_model, optimizer, x, y, speed, device)
+        loss_sum += loss.double() * len(y)
+        correct += (logits.argmax(dim=1) == y).sum()
     return float(loss_sum), int(correct)
 
 

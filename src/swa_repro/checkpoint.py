@@ -27,23 +27,27 @@ class CheckpointError(RuntimeError):
     """A checkpoint file that cannot be trusted; the message names it."""
 
 
-def save_checkpoint(state: dict, path: str | Path) -> None:
+def write_atomic(path: str | Path, data: bytes) -> None:
+    """Write `data` to a temporary file next to `path` (.NAME.tmpPID), fsync, rename over `path`,
+    fsync the folder: at every instant `path` is the old or the new file, whole."""
     path = Path(path)
-    buffer = io.BytesIO()
-    torch.save(state, buffer)
-    payload = buffer.getvalue()
     tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
     try:
         with open(tmp, "wb") as f:
-            f.write(payload)
-            f.write(hashlib.sha256(payload).digest())
-            f.write(MAGIC)
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     finally:
         tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+def save_checkpoint(state: dict, path: str | Path) -> None:
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    payload = buffer.getvalue()
+    write_atomic(path, payload + hashlib.sha256(payload).digest() + MAGIC)
 
 
 def load_checkpoint(path: str | Path, map_location: str | torch.device = "cpu") -> dict:

@@ -23,7 +23,13 @@ from pathlib import Path
 
 from omegaconf import DictConfig, OmegaConf
 
-from swa_repro.checkpoint import CheckpointError, fsync_dir, load_checkpoint, save_checkpoint
+from swa_repro.checkpoint import (
+    CheckpointError,
+    fsync_dir,
+    load_checkpoint,
+    save_checkpoint,
+    write_atomic,
+)
 from swa_repro.config_check import ConfigError
 
 # Keys that may differ between a run and its resumption (they do not change the numbers).
@@ -186,13 +192,4 @@ def _differences(a, b, prefix: str = "") -> set[str]:
 
 
 def write_text_atomic(path: Path, text: str) -> None:
-    """Write through a synced temporary file and a rename: `path` is always old or new, whole."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    write_atomic(path, text.encode())

@@ -74,6 +74,19 @@ def budget_epochs(cfg: DictConfig) -> dict[int, list[str]]:
     return readings
 
 
+def sgd_step(
+    step_model, optimizer, inputs, labels, speed, device
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """One step of SGD on the mean cross-entropy; returns the (detached) loss and logits."""
+    with speed.autocast(device):
+        logits = step_model(inputs)
+        loss = F.cross_entropy(logits, labels)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss.detach(), logits.detach()
+
+
 def is_eval_epoch(done: int, cfg: DictConfig, readings_at: dict[int, list[str]]) -> bool:
     """Evaluate after epoch 1, every eval_every epochs, the last epoch and budget epochs (1-based)."""
     return done == 1 or done % cfg.eval_every == 0 or done == cfg.epochs or done in readings_at
@@ -211,17 +224,11 @@ def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
                 lr = schedule(epoch, step, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                with speed.autocast(device):
-                    logits = step_model(inputs)
-                    loss = F.cross_entropy(logits, labels)
-                optimizer.zero_grad(set_to_none=True)
-                loss.backward()
-                optimizer.step()
-
-                loss_sum += loss.detach().double() * len(labels)
-                correct += (logits.detach().argmax(dim=1) == labels).sum()
+                loss, logits = sgd_step(step_model, optimizer, inputs, labels, speed, device)
+                loss_sum += loss.double() * len(labels)
+                correct += (logits.argmax(dim=1) == labels).sum()
                 seen += len(labels)
-                pending_losses.append(loss.detach())
+                pending_losses.append(loss)
                 stopping = (
                     bool(stop) and step < steps_per_epoch - 1
                 )  # read once (signals are async)

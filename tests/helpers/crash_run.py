@@ -139,7 +139,8 @@ def main() -> None:
 
         def checkpoint_open(file, mode="r", *args, **kwargs):
             f = open(file, mode, *args, **kwargs)
-            return HalfWriter(f) if "w" in mode and hit() else f
+            is_checkpoint = ".pt.tmp" in os.path.basename(file)  # not metrics/config/npz writes
+            return HalfWriter(f) if "w" in mode and is_checkpoint and hit() else f
 
         swa_repro.checkpoint.open = checkpoint_open
 

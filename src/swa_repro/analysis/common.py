@@ -18,8 +18,8 @@ a file with another hash is refused.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
-import os
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -28,6 +28,7 @@ import torch
 from tqdm.auto import tqdm
 
 from swa_repro.analysis.points import METRICS, RunContext
+from swa_repro.checkpoint import write_atomic
 
 
 class AnalysisError(ValueError):
@@ -57,16 +58,10 @@ def inputs_hash(vectors: Sequence[torch.Tensor], settings: dict) -> str:
 
 
 def save_npz_atomic(path: Path, arrays: dict[str, np.ndarray]) -> None:
-    """np.savez into a temporary file next to `path`, fsync, then rename over `path`."""
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        with open(tmp, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    """np.savez, written atomically (swa_repro.checkpoint.write_atomic)."""
+    buffer = io.BytesIO()
+    np.savez(buffer, **arrays)
+    write_atomic(path, buffer.getvalue())
 
 
 def device_of(ctx: RunContext) -> torch.device:
