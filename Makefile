@@ -4,6 +4,7 @@
 # make reproduce-cifar100 / reproduce-cifar10 / reproduce-fixed-lr -> paper tables (GPU)
 #   MODELS=vgg16,wrn28x10 (default: all)  SEEDS=0,1,2  RUNS=runs  EXTRA="hydra/launcher=slurm ..."
 #   DRY_RUN=1 prints the plan and GPU-hour estimate only
+# make reproduce-imagenet -> Table 2 (GPUS=8 per run, IMAGENET=/path/with/train+val, MODELS=resnet50,...)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -13,13 +14,15 @@ DEMO_RUN_DIRS := $(DEMO_RUNS)/synthetic/small_cnn/sgd/seed0 $(DEMO_RUNS)/synthet
 
 MODELS ?=
 SEEDS ?= 0,1,2
+GPUS ?= 1
+IMAGENET ?= data/imagenet
 RUNS ?= runs
 EXTRA ?=
 SWEEP = $(PY) -m swa_repro.sweep $(if $(MODELS),--models $(MODELS)) --seeds $(SEEDS) --runs $(RUNS) \
 	$(if $(DRY_RUN),--dry-run)
 
 .PHONY: install demo test test-slow test-all lint clean-demo bench \
-	reproduce-cifar100 reproduce-cifar10 reproduce-fixed-lr reproduce-synthetic aggregate \
+	reproduce-cifar100 reproduce-cifar10 reproduce-fixed-lr reproduce-imagenet reproduce-synthetic aggregate \
 	figures figures-demo
 
 install: $(INSTALLED)
@@ -63,6 +66,12 @@ reproduce-cifar10: install
 reproduce-fixed-lr: install
 	$(SWEEP) fixed_lr --dataset cifar100 --wandb --extra "logger=wandb $(EXTRA)"
 
+# Table 2: SWA fine-tuning of torchvision's pretrained ImageNet models, GPUS processes per run
+# (torchrun here; with EXTRA="hydra/launcher=slurm ..." SLURM tasks, more nodes: hydra.launcher.nodes=K).
+reproduce-imagenet: install
+	$(SWEEP) table2 --dataset imagenet --gpus $(GPUS) --wandb \
+		--extra "logger=wandb data.root=$(IMAGENET) $(EXTRA)"
+
 # The whole Table 1 pipeline on the synthetic data, offline on CPU: a smoke test of sweeps and aggregation.
 reproduce-synthetic: install
 	$(PY) -m swa_repro.sweep table1 --dataset synthetic --models small_cnn --seeds 0,1 --runs $(RUNS) \
@@ -72,6 +81,7 @@ reproduce-synthetic: install
 aggregate: install
 	$(PY) -m swa_repro.aggregate table1 --dataset cifar100 --runs $(RUNS) --readme README.md
 	$(PY) -m swa_repro.aggregate table1 --dataset cifar10 --runs $(RUNS) --readme README.md
+	$(PY) -m swa_repro.aggregate table2 --dataset imagenet --runs $(RUNS) --readme README.md
 
 # Every figure of the paper from the Table 1 runs (PreResNet164, CIFAR-100, seed 0 by default).
 FIGURE_SETUP ?= cifar100/preresnet164

@@ -586,7 +586,7 @@ def dry_run(runs: Path, capsys, monkeypatch, macs) -> tuple[list[tuple], str]:
 
     monkeypatch.setattr(sweep.subprocess, "run", no_launch)
     monkeypatch.setattr(sweep.aggregate, "main", no_launch)
-    monkeypatch.setattr(sweep, "macs_per_image", lambda name, classes: macs[(name, classes)])
+    monkeypatch.setattr(sweep, "macs_per_image", lambda name, classes, size: macs[(name, classes)])
     sweep.main(["table1", "--dataset", "cifar100", "--dry-run", "--runs", str(runs)])
     lines = capsys.readouterr().out.splitlines()
     assert lines[0].split() == ["experiment", "seed", "state", "GPU-h", "left"]

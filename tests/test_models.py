@@ -40,8 +40,24 @@ def test_paper_model_forward_shape(name, num_classes):
     assert out.shape == (2, num_classes)
 
 
+TABLE2_MODELS = ["densenet161", "resnet152", "resnet50"]
+
+
 def test_model_names_sorted_and_complete():
-    assert MODEL_NAMES == tuple(sorted(list(PAPER_PARAM_COUNTS) + ["small_cnn"]))
+    extra = ["small_cnn", "small_cnn_nobn", *TABLE2_MODELS]
+    assert MODEL_NAMES == tuple(sorted(list(PAPER_PARAM_COUNTS) + extra))
+
+
+@pytest.mark.parametrize("name", TABLE2_MODELS)
+def test_torchvision_models_match_their_pretrained_weights(name):
+    """Table 2's models are torchvision's, with the parameter count of their V1 weights."""
+    import torchvision
+
+    weights = torchvision.models.get_model_weights(name)["IMAGENET1K_V1"]
+    assert count_parameters(_model(name, 1000)) == weights.meta["num_params"]
+    assert (
+        count_parameters(_model(name, 10)) < weights.meta["num_params"]
+    )  # the head follows classes
 
 
 def test_unknown_name_lists_valid_names():
@@ -49,7 +65,9 @@ def test_unknown_name_lists_valid_names():
         build_model("foo", 10)
     msg = str(excinfo.value)
     assert "'foo'" in msg
-    assert "preresnet110, preresnet164, small_cnn, vgg16, vgg16bn, wrn28x10" in msg
+    assert (
+        "preresnet110, preresnet164, resnet152, resnet50, small_cnn, small_cnn_nobn, vgg16" in msg
+    )
 
 
 @pytest.mark.parametrize("num_classes", [0, -1])
@@ -60,7 +78,7 @@ def test_bad_num_classes_rejected(num_classes):
 
 @pytest.mark.parametrize("name", MODEL_NAMES)
 def test_has_batchnorm(name):
-    assert has_batchnorm(_model(name, 10)) == (name != "vgg16")
+    assert has_batchnorm(_model(name, 10)) == (name not in ("vgg16", "small_cnn_nobn"))
 
 
 @pytest.mark.parametrize("name", ["vgg16", "vgg16bn"])

@@ -2,6 +2,7 @@
 
     python -m swa_repro.aggregate table1 --dataset cifar100 [--runs runs] [--models ...] [--seeds 0,1,2]
     python -m swa_repro.aggregate fixed_lr --dataset cifar100
+    python -m swa_repro.aggregate table2 --dataset imagenet
 
 Reads runs/<dataset>/<model>/<method>/seed<k>/summary.json and writes
 experiments/results/<table>_<dataset>.md and .csv. Each cell: mean +- std over seeds
@@ -31,6 +32,9 @@ from swa_repro.run_files import write_text_atomic
 
 PAPER_FILE = REPO_ROOT / "experiments" / "paper_results.yaml"
 TABLE1_MODELS = ("vgg16", "preresnet110", "preresnet164", "wrn28x10")
+TABLE2_MODELS = ("resnet50", "resnet152", "densenet161")
+DEFAULT_MODELS = {"table1": TABLE1_MODELS, "fixed_lr": ("wrn28x10",), "table2": TABLE2_MODELS}
+TITLES = {"table1": "Table 1", "fixed_lr": "Fixed learning rate (section 4.4)", "table2": "Table 2"}
 
 
 @dataclass(frozen=True)
@@ -38,7 +42,7 @@ class Column:
     label: str  # as printed
     method: str  # run directory name of the method
     paper_key: str  # key in paper_results.yaml
-    reading: str  # "final_sgd", "final_swa" or a budget label ("1", "1.25", "1.5")
+    reading: str  # "final_sgd", "final_swa", a budget label ("1", "1.25", "1.5") or "initial"
 
 
 TABLES = {
@@ -51,6 +55,12 @@ TABLES = {
     "fixed_lr": [
         Column("SGD, fixed LR", "sgd_fixed_lr", "sgd", "final_sgd"),
         Column("SWA, fixed LR", "swa_fixed_lr", "swa", "final_swa"),
+    ],
+    # ImageNet: the SGD column is the pretrained model, evaluated at the start of the SWA run.
+    "table2": [
+        Column("SGD (pretrained)", "swa", "sgd", "initial"),
+        Column("SWA 5 epochs", "swa", "swa_5", "5"),
+        Column("SWA 10 epochs", "swa", "swa_10", "10"),
     ],
 }
 
@@ -181,9 +191,8 @@ def cell_markdown(cell: Cell) -> str:
 
 def to_markdown(table: str, dataset: str, rows: dict[str, dict[str, Cell]]) -> str:
     labels = [c.label for c in TABLES[table]]
-    title = {"table1": "Table 1", "fixed_lr": "Fixed learning rate (section 4.4)"}[table]
     lines = [
-        f"### {title}: {dataset}, test accuracy %",
+        f"### {TITLES[table]}: {dataset}, test accuracy %",
         "",
         "mean ± std over seeds (n) · the paper's value · difference; `!` marks |Δ| > 2 σ "
         "(σ combines our and the paper's std).",
@@ -318,8 +327,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--wandb", action="store_true", help="also log the table to W&B")
     args = parser.parse_args(argv)
-    default_models = TABLE1_MODELS if args.table == "table1" else ("wrn28x10",)
-    models = args.models.split(",") if args.models else list(default_models)
+    models = args.models.split(",") if args.models else list(DEFAULT_MODELS[args.table])
     seeds = parse_seeds(args.seeds)
     paper = OmegaConf.to_container(OmegaConf.load(args.paper))
     rows = build_table(args.table, args.dataset, args.runs, models, seeds, paper)

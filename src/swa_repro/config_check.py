@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 
 from swa_repro.data import DATASET_NAMES
-from swa_repro.models import MODEL_NAMES
+from swa_repro.models import MODEL_NAMES, TORCHVISION_MODELS
 
 METHOD_NAMES = ("sgd", "swa")
 SCHEDULE_NAMES = ("constant", "cyclic", "paper")
@@ -51,6 +51,10 @@ def validate_config(cfg) -> None:
     _positive_int(cfg.eval_every, "eval_every")
     _positive_int(cfg.eval_batch_size, "eval_batch_size")
     _positive_int(cfg.checkpoint.every, "checkpoint.every")
+    if cfg.bn_refresh_images is not None:
+        _positive_int(cfg.bn_refresh_images, "bn_refresh_images")
+    if not isinstance(cfg.eval_at_start, bool):
+        raise ConfigError(f"eval_at_start must be true or false, got {cfg.eval_at_start!r}")
     if cfg.optim.momentum < 0 or cfg.optim.weight_decay < 0:
         raise ConfigError("optim.momentum and optim.weight_decay must be >= 0")
     keep_every = cfg.checkpoint.keep_every
@@ -91,6 +95,7 @@ def validate_config(cfg) -> None:
             )
 
     _check_data(cfg.data)
+    _check_pretrained(cfg.model.name, cfg.model.get("pretrained"), cfg.data.num_classes)
     _check_device(cfg.device)
     if cfg.resume != "auto" and not Path(cfg.resume).is_file():
         raise ConfigError(
@@ -98,9 +103,41 @@ def validate_config(cfg) -> None:
         )
 
 
+def _check_pretrained(model: str, weights: str | None, num_classes: int) -> None:
+    """Pretrained weights must exist in torchvision for the model and fit the class count."""
+    if weights is None:
+        return
+    if model not in TORCHVISION_MODELS:
+        raise ConfigError(
+            f"model.pretrained is for {', '.join(TORCHVISION_MODELS)}; {model} has none"
+        )
+    import torchvision
+
+    valid = [w.name for w in torchvision.models.get_model_weights(model)]
+    if weights not in valid:
+        raise ConfigError(
+            f"unknown model.pretrained '{weights}' for {model}; valid names: {', '.join(valid)}"
+        )
+    classes = len(torchvision.models.get_model_weights(model)[weights].meta["categories"])
+    if num_classes != classes:
+        raise ConfigError(
+            f"model.pretrained={weights} has {classes} classes but data.num_classes={num_classes}"
+        )
+
+
 def _check_data(data) -> None:
     expected = CIFAR_CLASSES.get(data.name)
-    if expected is not None:
+    if data.name == "imagenet":
+        _positive_int(data.num_classes, "data.num_classes")
+        for key in ("image_size", "resize"):
+            _positive_int(data[key], f"data.{key}")
+        if not isinstance(data.workers, int) or data.workers < 0:
+            raise ConfigError(f"data.workers must be an integer >= 0, got {data.workers!r}")
+        if Path(data.root).expanduser().is_file():
+            raise ConfigError(
+                f"data.root={data.root} is a file; it must be the folder that holds train/ and val/"
+            )
+    elif expected is not None:
         if data.num_classes != expected:
             raise ConfigError(
                 f"data.num_classes={data.num_classes} does not match {data.name} ({expected} classes)"

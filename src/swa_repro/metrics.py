@@ -9,7 +9,7 @@ ece  = sum_b (n_b / N) |acc_b - conf_b| over 15 equal-width confidence bins, as 
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 
 import torch
 import torch.nn.functional as F
@@ -22,26 +22,31 @@ def evaluate(
     model: torch.nn.Module,
     batches: Iterable[tuple[torch.Tensor, torch.Tensor]],
     weight_decay: float = 0.0,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> dict[str, float]:
-    """Metrics of `model` in eval mode over `batches` (mode restored afterwards)."""
+    """Metrics of `model` in eval mode over `batches` (mode restored afterwards).
+
+    The batches are summed into one float64 vector (NLL sum, hits, count, and per ECE bin the
+    confidence sum and hit sum); `reduce` (a sum over the ranks of a distributed run,
+    each evaluating its share of the data) is applied to it before the metrics are formed.
+    """
     was_training = model.training
     model.eval()
-    nll_sum = torch.zeros((), dtype=torch.float64)
-    correct = 0
-    confidences, hits = [], []
+    sums = torch.zeros(3 + 2 * ECE_BINS, dtype=torch.float64)
     try:
         for inputs, labels in batches:
             logits = model(inputs).float()
-            nll_sum += F.cross_entropy(logits, labels, reduction="sum").double().cpu()
+            nll = F.cross_entropy(logits, labels, reduction="sum").double().cpu()
             conf, pred = logits.softmax(dim=1).max(dim=1)
-            hit = pred == labels
-            correct += int(hit.sum())
-            confidences.append(conf.cpu())
-            hits.append(hit.cpu())
+            sums += batch_sums(nll, conf.cpu(), (pred == labels).cpu())
     finally:
         model.train(was_training)
-    n = sum(len(h) for h in hits)
-    nll = float(nll_sum) / n
+    if reduce is not None:
+        device = next(model.parameters()).device
+        sums = reduce(sums.to(device)).cpu()
+    nll_sum, correct, n = (float(v) for v in sums[:3])
+    bin_conf, bin_hits = sums[3:].view(2, ECE_BINS)
+    nll = nll_sum / n
     l2 = (
         sum(float(p.detach().double().pow(2).sum()) for p in model.parameters())
         if weight_decay
@@ -53,22 +58,35 @@ def evaluate(
         "nll": nll,
         "acc": acc,
         "err": 100.0 - acc,
-        "ece": expected_calibration_error(torch.cat(confidences), torch.cat(hits)),
+        "ece": float((bin_hits - bin_conf).abs().sum()) / n,  # = expected_calibration_error
     }
+
+
+def batch_sums(nll_sum: torch.Tensor, conf: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
+    """[nll sum, hits, count, per-bin confidence sums (15), per-bin hit sums (15)]."""
+    idx = ece_bin(conf)
+    conf, hits = conf.double(), hits.double()
+    per_bin = [
+        torch.zeros(ECE_BINS, dtype=torch.float64).index_add_(0, idx, values)
+        for values in (conf, hits)
+    ]
+    head = torch.stack([nll_sum.double(), hits.sum(), torch.tensor(float(len(conf)))])
+    return torch.cat([head, *per_bin])
+
+
+def ece_bin(confidences: torch.Tensor, bins: int = ECE_BINS) -> torch.Tensor:
+    """Bin of each confidence: equal-width bins over (0, 1], an edge going to the lower bin."""
+    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
+    return (torch.bucketize(confidences.double(), edges, right=False) - 1).clamp(0, bins - 1)
 
 
 def expected_calibration_error(
     confidences: torch.Tensor, hits: torch.Tensor, bins: int = ECE_BINS
 ) -> float:
-    """ECE with `bins` equal-width bins over (0, 1]; a confidence on a bin edge goes to the lower bin."""
-    edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-    idx = (torch.bucketize(confidences.double(), edges, right=False) - 1).clamp(0, bins - 1)
-    n = len(confidences)
-    ece = 0.0
-    for b in range(bins):
-        mask = idx == b
-        count = int(mask.sum())
-        if count:
-            gap = hits[mask].double().mean() - confidences[mask].double().mean()
-            ece += count / n * abs(float(gap))
-    return ece
+    """ECE with `bins` equal-width bins over (0, 1]; a confidence on a bin edge goes to the lower bin:
+    sum_b (n_b / N) |acc_b - conf_b| = sum_b |hits_b - sum of conf_b| / N."""
+    idx = ece_bin(confidences, bins)
+    gaps = torch.zeros(bins, dtype=torch.float64).index_add_(
+        0, idx, hits.double() - confidences.double()
+    )
+    return float(gaps.abs().sum()) / len(confidences)

@@ -2,11 +2,14 @@
 
     python -m swa_repro.sweep table1 --dataset cifar100 [--models vgg16,wrn28x10] [--seeds 0,1,2]
                               [--runs runs] [--extra "logger=wandb hydra/launcher=slurm"] [--dry-run]
+    python -m swa_repro.sweep table2 --dataset imagenet --gpus 8 [--extra "data.root=/datasets/imagenet"]
 
 Prints every run with its state (finished / partial / to do) and an estimate of the
 GPU-hours left, then launches `python -m swa_repro.train -m experiment=... seed=...`.
 Finished runs are skipped and partial ones resumed (stable run directories, resume=auto),
-so rerunning the same command only does what is missing. The estimate counts
+so rerunning the same command only does what is missing. With --gpus N > 1 every run uses N
+processes: launched by torchrun on this machine, or as N SLURM tasks per job under
+hydra/launcher=slurm (more nodes: hydra.launcher.nodes=K in --extra). The estimate counts
 6 x MACs per trained image (forward + backward) and 2 x MACs per evaluated one (test
 sets, BN-refresh passes), at an assumed sustained --tflops; memory-bound models (the
 PreResNets) run slower than that.
@@ -25,22 +28,25 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from swa_repro import REPO_ROOT, aggregate
 from swa_repro.cli import one_line_errors, parse_seeds
+from swa_repro.config_check import ConfigError
 from swa_repro.models import build_model
 from swa_repro.train import budget_epochs, compose_config, is_eval_epoch
 
-TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000}
-TEST_IMAGES = 10_000
+TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
+TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000}
+# Table 2 has SWA runs only: its SGD column is the pretrained model each SWA run evaluates first.
+METHODS = {"table1": ("sgd", "swa"), "fixed_lr": ("sgd", "swa"), "table2": ("swa",)}
 
 
 def experiments_of(table: str, dataset: str, models: list[str]) -> list[str]:
-    suffix = {"table1": "", "fixed_lr": "_fixed_lr"}[table]
-    return [f"{dataset}/{model}{suffix}_{method}" for model in models for method in ("sgd", "swa")]
+    suffix = "_fixed_lr" if table == "fixed_lr" else ""
+    return [f"{dataset}/{model}{suffix}_{method}" for model in models for method in METHODS[table]]
 
 
-def macs_per_image(model_name: str, num_classes: int) -> float:
+def macs_per_image(model_name: str, num_classes: int, image_size: int = 32) -> float:
     model = build_model(model_name, num_classes).eval()
     with FlopCounterMode(display=False) as counter, torch.no_grad():
-        model(torch.zeros(1, 3, 32, 32))
+        model(torch.zeros(1, 3, image_size, image_size))
     return counter.get_total_flops() / 2
 
 
@@ -48,13 +54,16 @@ def run_flops(cfg, macs: float, epochs_done: int) -> float:
     """Training plus evaluation FLOPs of the epochs after `epochs_done`, counting evaluations
     (and SWA evaluations with their BN refresh, once averaging has begun) as train.py does."""
     train_images = cfg.data.get("train_size", TRAIN_IMAGES.get(cfg.data.name))
-    test_images = cfg.data.get("test_size", TEST_IMAGES)
+    test_images = cfg.data.get("test_size", TEST_IMAGES.get(cfg.data.name))
+    refresh_images = min(cfg.bn_refresh_images or train_images, train_images)
     readings_at = budget_epochs(cfg)
     evals = [
         e for e in range(epochs_done + 1, cfg.epochs + 1) if is_eval_epoch(e, cfg, readings_at)
     ]
     swa_evals = [e for e in evals if cfg.method.swa and e >= cfg.method.swa_start]
-    forward_images = (len(evals) + len(swa_evals)) * test_images + len(swa_evals) * train_images
+    start_evals = int(cfg.eval_at_start and epochs_done == 0)
+    forward_images = (start_evals + len(evals) + len(swa_evals)) * test_images
+    forward_images += len(swa_evals) * refresh_images
     return 6 * macs * train_images * (cfg.epochs - epochs_done) + 2 * macs * forward_images
 
 
@@ -62,7 +71,7 @@ def plan(experiments: list[str], seeds: list[int], runs: Path, extra: list[str])
     rows, macs_cache = [], {}
     for experiment in experiments:
         cfg = compose_config([f"experiment={experiment}", f"paths.runs={runs}", *extra])
-        key = (cfg.model.name, cfg.data.num_classes)
+        key = (cfg.model.name, cfg.data.num_classes, cfg.data.get("image_size", 32))
         if key not in macs_cache:
             macs_cache[key] = macs_per_image(*key)
         for seed in seeds:
@@ -81,7 +90,7 @@ def plan(experiments: list[str], seeds: list[int], runs: Path, extra: list[str])
     return rows
 
 
-def print_plan(rows: list[dict], tflops: float) -> None:
+def print_plan(rows: list[dict], tflops: float, gpus: int = 1) -> None:
     print(f"{'experiment':<34}{'seed':>5}  {'state':<24}{'GPU-h left':>10}")
     for r in rows:
         hours = r["flops_left"] / (tflops * 1e12) / 3600
@@ -91,7 +100,22 @@ def print_plan(rows: list[dict], tflops: float) -> None:
     print(
         f"{todo} of {len(rows)} runs left, about {total:.1f} GPU-hours at an assumed {tflops:g} TFLOP/s sustained "
         "(a FLOP count: memory-bound models such as the PreResNets take longer)"
+        + (f"; {total / gpus:.1f} h of wall time with {gpus} GPUs per run" if gpus > 1 else "")
     )
+
+
+def launch_command(gpus: int, extra: list[str]) -> tuple[list[str], list[str]]:
+    """(program, launcher overrides): `python -m swa_repro.train`, under torchrun for several
+    local GPUs; on SLURM (hydra/launcher=slurm in `extra`) the GPUs become tasks of each job."""
+    train = [sys.executable, "-m", "swa_repro.train"]
+    if gpus == 1:
+        return train, []
+    if "hydra/launcher=slurm" in extra:
+        return train, [
+            f"hydra.launcher.gpus_per_node={gpus}", f"hydra.launcher.tasks_per_node={gpus}"
+        ]  # fmt: skip
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    return [*torchrun, f"--nproc_per_node={gpus}", "-m", "swa_repro.train"], []
 
 
 @one_line_errors
@@ -110,27 +134,32 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--tflops", type=float, default=30.0, help="assumed sustained TFLOP/s for the estimate"
     )
+    parser.add_argument(
+        "--gpus", type=int, default=1, help="processes (GPUs) per run: torchrun, or SLURM tasks"
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--wandb", action="store_true", help="log the aggregated table to W&B")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "experiments" / "results")
     parser.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md")
     args = parser.parse_args(argv)
 
-    default_models = aggregate.TABLE1_MODELS if args.table == "table1" else ("wrn28x10",)
-    models = args.models.split(",") if args.models else list(default_models)
+    models = args.models.split(",") if args.models else list(aggregate.DEFAULT_MODELS[args.table])
     seeds = parse_seeds(args.seeds)
     extra = shlex.split(args.extra)
+    if args.gpus < 1:
+        raise ConfigError(f"--gpus must be a positive integer, got {args.gpus}")
     experiments = experiments_of(args.table, args.dataset, models)
     rows = plan(experiments, seeds, args.runs, extra)
-    print_plan(rows, args.tflops)
+    print_plan(rows, args.tflops, args.gpus)
     if args.dry_run:
         return
     returncode = 0
     if not all(r["finished"] for r in rows):
+        program, launcher_overrides = launch_command(args.gpus, extra)
         command = [
-            sys.executable, "-m", "swa_repro.train", "-m",
-            f"experiment={','.join(experiments)}", f"seed={','.join(map(str, seeds))}",
-            f"paths.runs={args.runs}", *extra,
+            *program, "-m", f"experiment={','.join(experiments)}",
+            f"seed={','.join(map(str, seeds))}", f"paths.runs={args.runs}", *extra,
+            *launcher_overrides,
         ]  # fmt: skip
         print("+ " + shlex.join(command), flush=True)
         returncode = subprocess.run(command).returncode

@@ -1,12 +1,19 @@
-"""Train one CIFAR run with SGD or SWA, as in the authors' train.py.
+"""Train one run with SGD or SWA, as in the authors' train.py: CIFAR (Table 1) or ImageNet
+fine-tuning (Table 2), on one device or many.
 
     python -m swa_repro.train experiment=cifar100/preresnet164_swa seed=1
+    torchrun --nproc_per_node=8 -m swa_repro.train experiment=imagenet/resnet50_swa seed=0
 
 Per epoch: set the LR from the schedule, one pass of SGD over the augmented training
 stream, collect the weights into the SWA average when due, evaluate SGD (and SWA,
 after a BN refresh) when due, checkpoint. The run directory receives config.yaml,
 metrics.jsonl (one line per evaluated epoch), summary.json and checkpoints/.
 Relaunching the same command resumes from the last good checkpoint.
+
+With several processes (torchrun, or SLURM tasks under submitit; swa_repro.distributed) each
+takes its part of every global batch of `optim.batch_size` images, DistributedDataParallel
+averages the gradients, evaluation and BN refresh are sharded and summed, and only rank 0
+writes files.
 """
 
 from __future__ import annotations
@@ -15,7 +22,7 @@ import json
 import math
 import sys
 import time
-from contextlib import closing
+from contextlib import ExitStack, closing
 from pathlib import Path
 
 import hydra
@@ -30,17 +37,18 @@ from tqdm.auto import tqdm
 from swa_repro import REPO_ROOT
 from swa_repro.averaging import is_averaging_epoch, make_averaged_model
 from swa_repro.bn_refresh import refresh_bn
-from swa_repro.checkpoint import CheckpointError
+from swa_repro.checkpoint import CheckpointError, load_checkpoint
 from swa_repro.cli import EXIT_USER_ERROR
-from swa_repro.config_check import ConfigError, resolve_device, validate_config
-from swa_repro.data import DataError, Normalizer, TrainStream, eval_batches, load_data
+from swa_repro.config_check import ConfigError, validate_config
+from swa_repro.data import DataError, open_data
+from swa_repro.distributed import Distributed
 from swa_repro.fast import Speed
-from swa_repro.logger import make_logger
+from swa_repro.logger import NullLogger, make_logger
 from swa_repro.metrics import evaluate
 from swa_repro.models import build_model, count_parameters
 from swa_repro.preemption import EXIT_PREEMPTED, StopRequest
 from swa_repro.report import metrics_table
-from swa_repro.rng import capture_rng_state, restore_rng_state, seed_everything
+from swa_repro.rng import capture_rng_state, derive_seed, restore_rng_state, seed_everything
 from swa_repro.run_files import RunFiles, RunInUseError, check_same_config, find_resume_state
 from swa_repro.schedule import build_schedule
 
@@ -75,14 +83,19 @@ def budget_epochs(cfg: DictConfig) -> dict[int, list[str]]:
 
 
 def sgd_step(
-    step_model, optimizer, inputs, labels, speed, device
+    step_model, optimizer, inputs, labels, speed, device, scale: float = 1.0
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """One step of SGD on the mean cross-entropy; returns the (detached) loss and logits."""
+    """One step of SGD on the mean cross-entropy; returns the (detached) loss and logits.
+
+    In a distributed run this rank's mean is scaled by scale = world x (its images) / (images
+    of the global batch): DistributedDataParallel averages gradients over the ranks, so the
+    step is that of the mean over the whole global batch, even when the ranks' parts differ.
+    """
     with speed.autocast(device):
         logits = step_model(inputs)
         loss = F.cross_entropy(logits, labels)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    (loss if scale == 1.0 else loss * scale).backward()
     optimizer.step()
     return loss.detach(), logits.detach()
 
@@ -92,34 +105,70 @@ def is_eval_epoch(done: int, cfg: DictConfig, readings_at: dict[int, list[str]])
     return done == 1 or done % cfg.eval_every == 0 or done == cfg.epochs or done in readings_at
 
 
-def train(cfg: DictConfig, run_dir: str | Path) -> dict:
+def train(cfg: DictConfig, run_dir: str | Path, dist: Distributed | None = None) -> dict:
     """Run (or resume, or recognise as finished) the run in `run_dir`; returns its summary."""
     validate_config(cfg)
+    dist = dist or Distributed()
     files = RunFiles(Path(run_dir))
-    with files.locked():  # one process per run directory
-        return train_locked(cfg, files)
+    with ExitStack() as stack:
+        dist.agree(lambda: stack.enter_context(files.locked()))  # one job per run directory
+        return train_locked(cfg, files, dist)
 
 
-def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
-    speed = Speed.from_cfg(cfg.get("speed"))  # opt-in fast paths (swa_repro.fast); default all off
+def choose_start(cfg: DictConfig, files: RunFiles) -> tuple[dict | None, dict | None]:
+    """(summary of a finished run, None) or (None, the checkpoint to start from or None)."""
     if files.finished():
         check_same_config(files.read_config(), cfg)
-        print(f"{files.root}: already finished, nothing to do (summary: {files.summary})")
-        return files.read_summary()
+        return files.read_summary(), None
     resumed = find_resume_state(cfg.resume, files)
     if resumed is not None and resumed["own"]:
         check_same_config(resumed["config"], cfg)
     elif resumed is not None:
         check_seed_checkpoint(resumed, cfg)
     files.write_config(cfg)
+    return None, resumed
+
+
+def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
+    speed = Speed.from_cfg(cfg.get("speed"))  # opt-in fast paths (swa_repro.fast); default all off
+    # Rank 0 picks the checkpoint (damaged ones are renamed); the others load the same file.
+    chosen: dict = {}
+
+    def on_main() -> tuple[dict | None, dict | None]:
+        finished, chosen["state"] = choose_start(cfg, files)
+        state = chosen["state"]
+        return finished, None if state is None else {"path": state["path"], "own": state["own"]}
+
+    finished, where = dist.agree(on_main)
+    if finished is not None:
+        if dist.is_main:
+            print(f"{files.root}: already finished, nothing to do (summary: {files.summary})")
+        return finished
+    resumed = chosen.get("state")
+    if where is not None and resumed is None:
+        resumed = load_checkpoint(where["path"])
+        resumed.update(where)
 
     # --- set-up: data on the device, model, averaged copy, optimiser, schedule -------------
-    device = resolve_device(cfg.device)
+    device = dist.device(cfg.device)
+    reduce = dist.all_reduce_sum if dist.enabled else None  # sums over the ranks' shares
     speed.set_backends()
     seed_everything(cfg.seed)
-    data = load_data(cfg.data).to(device)
-    model = speed.prepare(build_model(cfg.model.name, data.num_classes).to(device))
-    step_model = speed.compiled(model)  # shares model's parameters; checkpoints save model
+    data = open_data(cfg, device, dist.rank, dist.world)
+    # Pretrained weights (ImageNet) come from torchvision, rank 0 downloading first; a resumed
+    # run has its weights in the checkpoint.
+    pretrained = cfg.model.get("pretrained") if resumed is None else None
+    if not dist.is_main:
+        dist.barrier()
+    model = build_model(cfg.model.name, data.num_classes, pretrained)
+    if dist.is_main:
+        dist.barrier()
+    model = speed.prepare(model.to(device))
+    if dist.rank:  # other ranks draw other dropout masks
+        torch.manual_seed(derive_seed(cfg.seed, "rank", dist.rank))
+    step_model = speed.compiled(
+        dist.wrap(model)
+    )  # shares model's parameters; checkpoints save model
     swa_model = make_averaged_model(model) if cfg.method.swa else None
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -128,10 +177,8 @@ def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
         weight_decay=cfg.optim.weight_decay,
     )
     schedule = build_schedule(cfg)
-    normalize = Normalizer(cfg.model.mean, cfg.model.std, device)
-    stream = TrainStream(data.train_x, data.train_y, cfg.optim.batch_size, normalize, cfg.seed)
-    bn_batch_size = speed.bn_refresh_batch_size or cfg.optim.batch_size
-    bn_stream = TrainStream(data.train_x, data.train_y, bn_batch_size, normalize, cfg.seed)
+    stream = data.train_stream(cfg.optim.batch_size)
+    bn_stream = data.train_stream(speed.bn_refresh_batch_size or cfg.optim.batch_size)
     steps_per_epoch = len(stream)
     readings_at = budget_epochs(cfg)
     keep_epochs = set(cfg.checkpoint.keep_epochs) | set(readings_at)
@@ -140,9 +187,10 @@ def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
             range(cfg.checkpoint.keep_every, cfg.epochs + 1, cfg.checkpoint.keep_every)
         )
 
-    def test_batches():
-        batch_size = speed.eval_batch_size or cfg.eval_batch_size
-        return eval_batches(data.test_x, data.test_y, batch_size, normalize)
+    def test_metrics(net) -> dict[str, float]:
+        batches = data.test_batches(speed.eval_batch_size or cfg.eval_batch_size)
+        with speed.autocast(device):
+            return evaluate(net, batches, reduce=reduce)
 
     # --- state that a checkpoint carries beyond the modules ---------------------------------
     start_epoch, start_step = 0, 0
@@ -161,8 +209,12 @@ def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
             raise CheckpointError(
                 f"checkpoint {resumed['path']} does not fit this model: {first_line}"
             ) from None
-        restore_rng_state(resumed["rng"])
+        rng_of_ranks = resumed.get("rng_ranks") or [resumed["rng"]]
+        if dist.rank < len(rng_of_ranks):  # a rank added since keeps its fresh seeding
+            restore_rng_state(rng_of_ranks[dist.rank])
         start_epoch, start_step, totals = resumed["epoch"], resumed["step"], list(resumed["totals"])
+        if not dist.is_main:  # the saved totals are over all ranks: counted once, on rank 0
+            totals = [0.0, 0.0, 0]
         if resumed["own"]:  # a run seeded from another run's checkpoint starts its own history
             metrics, readings = json.loads(resumed["metrics"]), json.loads(resumed["readings"])
             elapsed = resumed["elapsed_s"]
@@ -172,22 +224,33 @@ def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
             else f"epoch {start_epoch + 1}"
         )
         verb = "resuming" if resumed["own"] else "starting"
-        print(f"{verb} {files.root} at {where} from {resumed['path']}")
-    print_header(cfg, files, device, model, data.name)
-    logger = make_logger(
-        cfg,
-        files.root,
-        resumed["logger_run_id"] if resumed is not None and resumed["own"] else None,
+        if dist.is_main:
+            print(f"{verb} {files.root} at {where} from {resumed['path']}")
+    if dist.is_main:
+        print_header(cfg, files, device, model, data.name, dist.world)
+    logger = (
+        make_logger(
+            cfg,
+            files.root,
+            resumed["logger_run_id"] if resumed is not None and resumed["own"] else None,
+        )
+        if dist.is_main
+        else NullLogger()
     )
 
     def checkpoint_state(epoch: int, step: int) -> dict:
+        """What a checkpoint holds (called on every rank: the ranks' RNG states are gathered)."""
+        rngs = dist.gather(capture_rng_state())
+        if dist.enabled:
+            dist.assert_same(averaged_and_trained(model, swa_model), "the weights")
         return {
             "epoch": epoch,
             "step": step,
             "model": model.state_dict(),
             "optimizer": optimizer.state_dict(),
             "swa_model": swa_model.state_dict() if swa_model is not None else None,
-            "rng": capture_rng_state(),
+            "rng": rngs[0],
+            "rng_ranks": rngs if dist.enabled else None,
             "totals": totals,
             "metrics": json.dumps(metrics),
             "readings": json.dumps(readings),
@@ -198,6 +261,17 @@ def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
 
     t_start = time.time()
     with StopRequest() as stop, closing(logger):
+        if cfg.eval_at_start and not metrics:  # the starting model (ImageNet: the pretrained one)
+            record = {"epoch": start_epoch, "lr": schedule(start_epoch, 0, steps_per_epoch)}
+            record.update(prefixed("test_", test_metrics(model)))
+            readings["initial"] = budget_reading(record, "test_")
+            metrics.append(record)
+            if dist.is_main:
+                files.write_metrics(metrics)
+                logger.log(record, step=start_epoch)
+                tqdm.write(
+                    f"initial model: test acc {record['test_acc']:6.2f} nll {record['test_nll']:.4f}"
+                )
         for epoch in range(start_epoch, cfg.epochs):
             t_epoch = time.time()
             first_step = start_step if epoch == start_epoch else 0
@@ -217,27 +291,29 @@ def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
                 initial=first_step,
                 desc=f"epoch {epoch + 1}/{cfg.epochs}",
                 leave=False,
-                disable=None if cfg.progress else True,  # None: off when not a terminal
+                disable=None
+                if cfg.progress and dist.is_main
+                else True,  # None: off when not a terminal
                 dynamic_ncols=True,
             )
             for step, (inputs, labels) in enumerate(bar, start=first_step):
                 lr = schedule(epoch, step, steps_per_epoch)
                 for group in optimizer.param_groups:
                     group["lr"] = lr
-                loss, logits = sgd_step(step_model, optimizer, inputs, labels, speed, device)
+                scale = dist.world * len(labels) / stream.step_size(step) if dist.enabled else 1.0
+                loss, logits = sgd_step(step_model, optimizer, inputs, labels, speed, device, scale)
                 loss_sum += loss.double() * len(labels)
                 correct += (logits.argmax(dim=1) == labels).sum()
                 seen += len(labels)
                 pending_losses.append(loss)
-                stopping = (
-                    bool(stop) and step < steps_per_epoch - 1
-                )  # read once (signals are async)
-                if (
-                    len(pending_losses) == LOSS_CHECK_EVERY
-                    or step == steps_per_epoch - 1
-                    or stopping
-                ):
-                    check_losses(pending_losses, epoch, step, files)
+                last_step = step == steps_per_epoch - 1
+                at_check = len(pending_losses) == LOSS_CHECK_EVERY or last_step
+                if dist.enabled:  # the ranks agree on a stop at the checks only (one collective)
+                    stopping = at_check and not last_step and dist.any(bool(stop), device)
+                else:  # read once (signals are async)
+                    stopping = bool(stop) and not last_step
+                if at_check or stopping:
+                    check_losses(pending_losses, epoch, step, files, dist, device)
                     pending_losses = []
                     bar.set_postfix(
                         loss=f"{loss_sum.item() / seen:.4f}",
@@ -245,15 +321,18 @@ def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
                         lr=f"{lr:.4g}",
                     )
                 if stopping:  # checkpoint mid-epoch (the losses up to here were just checked)
-                    totals = [loss_sum.item(), float(correct.item()), seen]
-                    files.save_rolling(checkpoint_state(epoch, step + 1))
+                    totals = epoch_totals(loss_sum, correct, seen, reduce)
+                    state = checkpoint_state(epoch, step + 1)
+                    if dist.is_main:
+                        files.save_rolling(state)
                     stop.handover()
                     raise Preempted(
                         f"stopped by signal {stop.signum} at epoch {epoch + 1} step {step + 1}"
                     )
             bar.close()
             check_weights(model, epoch, files)
-            train_loss, train_acc = loss_sum.item() / seen, 100.0 * correct.item() / seen
+            total_loss, total_correct, total_seen = epoch_totals(loss_sum, correct, seen, reduce)
+            train_loss, train_acc = total_loss / total_seen, 100.0 * total_correct / total_seen
 
             # --- averaging, evaluation, budget readings ------------------------------------------
             if swa_model is not None and is_averaging_epoch(
@@ -269,33 +348,40 @@ def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
                     "train_acc": train_acc,
                 }
                 swa_evaluated = swa_model is not None and int(swa_model.n_averaged) > 0
-                with speed.autocast(device):
-                    record.update(prefixed("test_", evaluate(model, test_batches())))
-                    if swa_evaluated:
-                        refresh_bn(swa_model, bn_stream.inputs("bn_refresh", epoch))
-                        record.update(prefixed("swa_test_", evaluate(swa_model, test_batches())))
-                        record["n_averaged"] = int(swa_model.n_averaged)
+                record.update(prefixed("test_", test_metrics(model)))
+                if swa_evaluated:
+                    with speed.autocast(device):
+                        refresh_bn(
+                            swa_model,
+                            bn_stream.inputs("bn_refresh", epoch, cfg.bn_refresh_images),
+                            reduce,
+                        )
+                    record.update(prefixed("swa_test_", test_metrics(swa_model)))
+                    record["n_averaged"] = int(swa_model.n_averaged)
                 record["time_s"] = time.time() - t_epoch
                 metrics.append(record)
-                files.write_metrics(metrics)
-                logger.log(record, step=done)
+                if dist.is_main:
+                    files.write_metrics(metrics)
+                    logger.log(record, step=done)
                 if done in readings_at:
                     source = "swa_test_" if swa_evaluated else "test_"
                     for label in readings_at[done]:
                         readings[label] = budget_reading(record, source)
-            print_epoch(
-                metrics[-1] if metrics and metrics[-1]["epoch"] == done else None,
-                done,
-                cfg.epochs,
-                epoch_lr,
-                train_loss,
-                train_acc,
-                time.time() - t_epoch,
-            )
+            if dist.is_main:
+                print_epoch(
+                    metrics[-1] if metrics and metrics[-1]["epoch"] == done else None,
+                    done,
+                    cfg.epochs,
+                    epoch_lr,
+                    train_loss,
+                    train_acc,
+                    time.time() - t_epoch,
+                )
 
             # --- checkpoint --------------------------------------------------------------------
             totals = [0.0, 0.0, 0]
-            stopping = bool(stop)  # read once: a signal arriving now is handled at the next step
+            # read once, agreed by all ranks: a signal arriving now is handled at the next step
+            stopping = dist.any(bool(stop), device)
             if (
                 done % cfg.checkpoint.every == 0
                 or done == cfg.epochs
@@ -304,9 +390,10 @@ def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
             ):
                 state = checkpoint_state(done, 0)
                 # A kept epoch is written before the rolling save: a crash between them must not lose it.
-                if done in keep_epochs:
+                if dist.is_main and done in keep_epochs:
                     files.save_kept(state, done)
-                files.save_rolling(state)
+                if dist.is_main:
+                    files.save_rolling(state)
             if stopping and done < cfg.epochs:
                 stop.handover()
                 raise Preempted(f"stopped by signal {stop.signum} after epoch {done}")
@@ -320,12 +407,14 @@ def train_locked(cfg: DictConfig, files: RunFiles) -> dict:
             steps_per_epoch,
             elapsed + time.time() - t_start,
         )
-        files.write_summary(summary)
-        logger.summary(
-            {f"budget_{label}/{k}": v for label, r in readings.items() for k, v in r.items()}
-        )
-        logger.convergence_figure(files.root)
-    print_summary(summary, files)
+        if dist.is_main:
+            files.write_summary(summary)
+            logger.summary(
+                {f"budget_{label}/{k}": v for label, r in readings.items() for k, v in r.items()}
+            )
+            logger.convergence_figure(files.root)
+    if dist.is_main:
+        print_summary(summary, files)
     return summary
 
 
@@ -362,9 +451,43 @@ def budget_reading(record: dict, source: str) -> dict:
     return reading
 
 
-def check_losses(losses: list[torch.Tensor], epoch: int, last_step: int, files: RunFiles) -> None:
+def epoch_totals(loss_sum, correct, seen, reduce) -> list:
+    """[loss sum, correct, images] of the epoch so far, over all ranks."""
+    totals = torch.stack(
+        [
+            loss_sum,
+            correct.double(),
+            torch.tensor(float(seen), device=loss_sum.device, dtype=torch.float64),
+        ]
+    )
+    if reduce is not None:
+        totals = reduce(totals)
+    loss, hits, n = totals.tolist()
+    return [loss, hits, int(n)]
+
+
+def averaged_and_trained(model, swa_model) -> list[torch.Tensor]:
+    """The tensors every rank must hold identically: the trained and the averaged parameters."""
+    tensors = list(model.parameters())
+    return tensors + (list(swa_model.parameters()) if swa_model is not None else [])
+
+
+def check_losses(
+    losses: list[torch.Tensor],
+    epoch: int,
+    last_step: int,
+    files: RunFiles,
+    dist: Distributed,
+    device: torch.device,
+) -> None:
+    """Stop on a NaN/Inf loss: on every rank when any rank sees one (else the others would hang)."""
     values = torch.stack(losses).float().cpu()
     bad = (~torch.isfinite(values)).nonzero()
+    if dist.any(bool(len(bad)), device) and not len(bad):
+        raise NonFiniteError(
+            f"non-finite loss on another rank at epoch {epoch + 1} by step {last_step + 1}; stopping. "
+            f"Last good checkpoint: {files.latest_description()}"
+        )
     if len(bad):
         i = int(bad[0])
         step = last_step - len(losses) + 1 + i
@@ -405,7 +528,7 @@ def make_summary(cfg, data_name, metrics, readings, schedule, steps_per_epoch, e
     }
 
 
-def print_header(cfg, files: RunFiles, device, model, data_name: str) -> None:
+def print_header(cfg, files: RunFiles, device, model, data_name: str, world: int) -> None:
     n_params = count_parameters(model)
     tag = " [SYNTHETIC DATA]" if data_name == "synthetic" else ""
     swa = (
@@ -415,7 +538,8 @@ def print_header(cfg, files: RunFiles, device, model, data_name: str) -> None:
     )
     print(
         f"{data_name}{tag} | {cfg.model.name} ({n_params:,} params) | {cfg.method.name}: {cfg.epochs} epochs, "
-        f"lr_init {cfg.optim.lr_init}, wd {cfg.optim.weight_decay}{swa} | seed {cfg.seed} | {device} | {files.root}"
+        f"lr_init {cfg.optim.lr_init}, wd {cfg.optim.weight_decay}{swa} | seed {cfg.seed} | {device}"
+        f"{f' x {world} processes' if world > 1 else ''} | {files.root}"
     )
 
 
@@ -430,11 +554,12 @@ def print_epoch(record, done, epochs, lr, train_loss, train_acc, seconds) -> Non
 
 def print_summary(summary: dict, files: RunFiles) -> None:
     tag = " [SYNTHETIC DATA]" if summary["synthetic"] else ""
-    rows = [("SGD (final)", summary["final"]["sgd"])]
+    readings = dict(summary["budgets"])
+    initial = readings.pop("initial", None)
+    rows = [] if initial is None else [(f"initial model (ep {initial['epoch']})", initial)]
+    rows.append(("SGD (final)", summary["final"]["sgd"]))
     if summary["final"]["swa"] is not None:
-        rows += [
-            (f"SWA {label} budget (ep {r['epoch']})", r) for label, r in summary["budgets"].items()
-        ]
+        rows += [(f"SWA {label} budget (ep {r['epoch']})", r) for label, r in readings.items()]
     print(
         f"\n{summary['data']}{tag} {summary['model']} {summary['method']} seed {summary['seed']}: finished in "
         f"{summary['wall_time_s'] / 60:.1f} min"
@@ -447,16 +572,20 @@ def print_summary(summary: dict, files: RunFiles) -> None:
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     files = RunFiles(Path(hydra_cfg.runtime.output_dir))
+    dist = Distributed.from_env()
     try:
-        train(cfg, files.root)
-        files.clear_failure()
+        train(cfg, files.root, dist)
+        if dist.is_main:  # only rank 0 writes into the run directory
+            files.clear_failure()
     except (ConfigError, DataError, CheckpointError, NonFiniteError) as exc:
         code = EXIT_NON_FINITE if isinstance(exc, NonFiniteError) else EXIT_USER_ERROR
-        print(f"error: {exc}", file=sys.stderr)
+        if dist.is_main:
+            print(f"error: {exc}", file=sys.stderr)
         # Mark the run failed if it diverged or never started; a refused relaunch of a healthy
         # run (other config, directory in use) leaves that run as it is.
-        if isinstance(exc, NonFiniteError) or not (
-            files.candidates() or isinstance(exc, RunInUseError)
+        if dist.is_main and (
+            isinstance(exc, NonFiniteError)
+            or not (files.candidates() or isinstance(exc, RunInUseError))
         ):
             files.record_failure(str(exc), code)
         if hydra_cfg.mode == RunMode.MULTIRUN:

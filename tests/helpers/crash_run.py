@@ -97,9 +97,9 @@ def main() -> None:
     elif point == "bn":
         real_refresh = swa_repro.train.refresh_bn
 
-        def refresh_bn(model, batches):
+        def refresh_bn(model, batches, *rest):
             if not hit():
-                return real_refresh(model, batches)
+                return real_refresh(model, batches, *rest)
 
             def interrupted():
                 for i, batch in enumerate(batches):
@@ -107,7 +107,7 @@ def main() -> None:
                         fire()
                     yield batch
 
-            return real_refresh(model, interrupted())
+            return real_refresh(model, interrupted(), *rest)
 
         swa_repro.train.refresh_bn = refresh_bn
 

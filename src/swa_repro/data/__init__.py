@@ -1,4 +1,10 @@
-"""Data sets (CIFAR-10/100, synthetic) and device-resident batch streams."""
+"""Data sets (CIFAR-10/100, synthetic, ImageNet) and their batch streams.
+
+The training loop sees every data set through the same few calls (`open_data`):
+name, num_classes, train_size, test_size, train_stream(batch_size) (a stream with len(),
+batches(purpose, epoch, start_step) and inputs(purpose, epoch, limit)) and
+test_batches(batch_size), each giving this rank's part in a distributed run.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +15,7 @@ from swa_repro.data.splits import DataError, Splits
 from swa_repro.data.stream import Normalizer, TrainStream, eval_batches
 from swa_repro.data.synthetic import make_synthetic
 
-DATASET_NAMES = ("cifar10", "cifar100", "synthetic")
+DATASET_NAMES = ("cifar10", "cifar100", "imagenet", "synthetic")
 
 __all__ = [
     "DATASET_NAMES",
@@ -19,6 +25,7 @@ __all__ = [
     "TrainStream",
     "eval_batches",
     "load_data",
+    "open_data",
 ]
 
 
@@ -37,4 +44,39 @@ def load_data(cfg) -> Splits:
         )
     if cfg.name in ("cifar10", "cifar100"):
         return load_cifar(cfg.name, Path(cfg.root), cfg.download)
+    if cfg.name == "imagenet":
+        raise DataError(
+            "imagenet is streamed from disk for training (open_data), not held in memory"
+        )
     raise DataError(f"unknown data set '{cfg.name}'; valid names: {', '.join(DATASET_NAMES)}")
+
+
+class DeviceData:
+    """A data set held on the training device (CIFAR, synthetic) with its streams."""
+
+    def __init__(self, splits: Splits, normalize: Normalizer, seed: int, rank: int, world: int):
+        self.splits, self.normalize, self.seed, self.rank, self.world = (
+            splits, normalize, seed, rank, world,
+        )  # fmt: skip
+        self.name, self.num_classes = splits.name, splits.num_classes
+        self.train_size, self.test_size = len(splits.train_y), len(splits.test_y)
+
+    def train_stream(self, batch_size: int) -> TrainStream:
+        s = self.splits
+        return TrainStream(
+            s.train_x, s.train_y, batch_size, self.normalize, self.seed, self.rank, self.world
+        )
+
+    def test_batches(self, batch_size: int):
+        s = self.splits
+        return eval_batches(s.test_x, s.test_y, batch_size, self.normalize, self.rank, self.world)
+
+
+def open_data(cfg, device, rank: int = 0, world: int = 1):
+    """The data of a training config (cfg.data, normalised with cfg.model's mean/std), on `device`."""
+    normalize = Normalizer(cfg.model.mean, cfg.model.std, device)
+    if cfg.data.name == "imagenet":
+        from swa_repro.data.imagenet import FolderData
+
+        return FolderData(cfg.data, normalize, cfg.seed, rank, world)
+    return DeviceData(load_data(cfg.data).to(device), normalize, cfg.seed, rank, world)

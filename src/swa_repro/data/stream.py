@@ -65,8 +65,40 @@ class Normalizer:
         return (images.float() / 255.0 - self.mean) / self.std
 
 
-class TrainStream:
-    """Shuffled, augmented, normalised batches of a training split."""
+class GlobalBatches:
+    """The batches of one pass over n images, each split between the ranks of a run.
+
+    A batch of `batch_size` (the global batch: the same numbers for any GPU count) is cut into
+    `world` contiguous parts, sizes differing by at most one, and rank r takes part r. The last
+    batch is short (n = 390 x 128 + 80 for CIFAR), as with the authors' DataLoader; with more
+    than one rank a last batch of fewer than `world` images is dropped (a rank would get none).
+    `limit` caps a pass at its first `limit` images (a partial BN refresh).
+    """
+
+    def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
+        self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
+
+    def steps(self, limit: int | None = None) -> int:
+        n = self.n if limit is None else min(limit, self.n)
+        steps, rest = -(-n // self.batch_size), n % self.batch_size
+        return steps - 1 if self.world > 1 and 0 < rest < self.world else steps
+
+    def step_size(self, step: int) -> int:
+        """Images in global batch `step` (over all ranks)."""
+        return min(self.batch_size, self.n - step * self.batch_size)
+
+    def rank_parts(
+        self, order: torch.Tensor, start_step: int = 0, limit: int | None = None
+    ) -> Iterator[torch.Tensor]:
+        """This rank's part of each global batch of the permutation `order`, from start_step."""
+        n = self.n if limit is None else min(limit, self.n)
+        for step in range(start_step, self.steps(limit)):
+            batch = order[step * self.batch_size : min((step + 1) * self.batch_size, n)]
+            yield batch.tensor_split(self.world)[self.rank]
+
+
+class TrainStream(GlobalBatches):
+    """Shuffled, augmented, normalised batches of a training split (this rank's part of each)."""
 
     def __init__(
         self,
@@ -75,33 +107,49 @@ class TrainStream:
         batch_size: int,
         normalize: Normalizer,
         seed: int,
+        rank: int = 0,
+        world: int = 1,
     ):
+        super().__init__(len(labels), batch_size, rank, world)
         self.images, self.labels = images, labels
-        self.batch_size, self.normalize, self.seed = batch_size, normalize, seed
+        self.normalize, self.seed = normalize, seed
 
     def __len__(self) -> int:
-        return -(-len(self.labels) // self.batch_size)
+        return self.steps()
 
     def batches(
-        self, purpose: str, epoch: int, start_step: int = 0
+        self, purpose: str, epoch: int, start_step: int = 0, limit: int | None = None
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         """(inputs, labels) for one pass; (purpose, epoch) picks the draws, start_step skips ahead."""
         plan = plan_epoch(
             len(self.labels), derive_seed(self.seed, purpose, epoch), self.images.device
         )
-        for step in range(start_step, len(self)):
-            idx = plan.order[step * self.batch_size : (step + 1) * self.batch_size]
+        for idx in self.rank_parts(plan.order, start_step, limit):
             crops = crop_flip(self.images[idx], plan.dx[idx], plan.dy[idx], plan.flip[idx])
             yield self.normalize(crops), self.labels[idx]
 
-    def inputs(self, purpose: str, epoch: int) -> Iterator[torch.Tensor]:
-        """Inputs only (for the BN refresh)."""
-        return (x for x, _ in self.batches(purpose, epoch))
+    def inputs(self, purpose: str, epoch: int, limit: int | None = None) -> Iterator[torch.Tensor]:
+        """Inputs only (for the BN refresh), of the first `limit` images (None: all)."""
+        return (x for x, _ in self.batches(purpose, epoch, limit=limit))
 
 
 def eval_batches(
-    images: torch.Tensor, labels: torch.Tensor, batch_size: int, normalize: Normalizer
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    batch_size: int,
+    normalize: Normalizer,
+    rank: int = 0,
+    world: int = 1,
 ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Unaugmented batches in storage order."""
+    """Unaugmented batches in storage order, of this rank's contiguous share of the split."""
+    share = rank_share(len(labels), rank, world)
+    images, labels = images[share], labels[share]
     for start in range(0, len(labels), batch_size):
         yield normalize(images[start : start + batch_size]), labels[start : start + batch_size]
+
+
+def rank_share(n: int, rank: int, world: int) -> slice:
+    """Rank `rank`'s contiguous part of n items split `world` ways (sizes differ by <= 1)."""
+    base, extra = divmod(n, world)
+    start = rank * base + min(rank, extra)
+    return slice(start, start + base + (rank < extra))

@@ -1,4 +1,5 @@
-"""Model zoo: the SWA paper's CIFAR architectures plus a small CPU model for demos and tests."""
+"""Model zoo: the SWA paper's CIFAR architectures, torchvision's ImageNet models (Table 2), and
+a small CPU model for demos and tests."""
 
 from collections.abc import Callable
 
@@ -17,17 +18,31 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "preresnet164": lambda c: PreResNet(c, depth=164),
     "wrn28x10": lambda c: WideResNet(c, depth=28, widen_factor=10),
     "small_cnn": SmallCNN,
+    "small_cnn_nobn": lambda c: SmallCNN(c, batch_norm=False),
 }
 
-MODEL_NAMES: tuple[str, ...] = tuple(sorted(_BUILDERS))
+# Table 2: fine-tuned from torchvision's pretrained weights (the paper's SGD column).
+TORCHVISION_MODELS = ("densenet161", "resnet152", "resnet50")
+
+MODEL_NAMES: tuple[str, ...] = tuple(sorted((*_BUILDERS, *TORCHVISION_MODELS)))
 
 
-def build_model(name: str, num_classes: int) -> nn.Module:
-    """Build a freshly initialised model by name; fails loudly on typos and bad class counts."""
-    if name not in _BUILDERS:
+def build_model(name: str, num_classes: int, pretrained: str | None = None) -> nn.Module:
+    """Build a model by name; fails loudly on typos and bad class counts.
+
+    `pretrained` names torchvision weights of a TORCHVISION_MODELS entry (e.g. "IMAGENET1K_V1",
+    downloaded by torchvision into $TORCH_HOME on first use); None: freshly initialised.
+    """
+    if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     if num_classes < 1:
         raise ValueError(f"num_classes must be >= 1, got {num_classes}")
+    if name in TORCHVISION_MODELS:
+        import torchvision
+
+        return torchvision.models.get_model(name, weights=pretrained, num_classes=num_classes)
+    if pretrained is not None:
+        raise ValueError(f"model {name!r} has no pretrained weights (pretrained={pretrained!r})")
     return _BUILDERS[name](num_classes)
 
 
@@ -41,4 +56,4 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODEL_NAMES", "build_model", "count_parameters", "has_batchnorm"]
+__all__ = ["MODEL_NAMES", "TORCHVISION_MODELS", "build_model", "count_parameters", "has_batchnorm"]

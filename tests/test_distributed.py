@@ -1,0 +1,149 @@
+"""Multi-process runs: 2 processes on CPU with the gloo backend, launched by torchrun.
+
+With a model without BatchNorm (per-GPU BN in training makes a run depend on the GPU count),
+a 2-process run takes the same steps on the same global batches as one process, so its
+weights and averaged weights must equal the single-process ones to float rounding. Every
+checkpoint of a distributed run also checks that the ranks hold bitwise identical weights
+and averages (Distributed.assert_same), so a run that finishes proves it for every rank.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import write_image_folder
+from swa_repro.checkpoint import load_checkpoint
+
+REPO = Path(__file__).resolve().parent.parent
+HELPERS = REPO / "tests" / "helpers"
+TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node"]
+ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+
+
+def launch(processes: int, overrides: list[str], script: list[str] | None = None):
+    """`python -m swa_repro.train` (or a helper script) in `processes` processes."""
+    program = script or ["-m", "swa_repro.train"]
+    command = [*TORCHRUN, str(processes), *program, *overrides]
+    if processes == 1 and script is None:
+        command = [sys.executable, "-m", "swa_repro.train", *overrides]
+    return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=600)
+
+
+def run_dir(runs: Path) -> Path:
+    (summary,) = runs.rglob("summary.json")
+    return summary.parent
+
+
+def imagenet_overrides(root: Path) -> list[str]:
+    return [
+        "experiment=imagenet/resnet50_swa", "model=small_cnn", "model.name=small_cnn_nobn",
+        f"data.root={root}", "data.num_classes=4", "data.image_size=32", "data.resize=36",
+        "data.workers=0", "optim.batch_size=10", "eval_batch_size=5", "epochs=3",
+        "method.budget_readings=[2,3]", "eval_every=1", "progress=false",
+    ]  # fmt: skip
+
+
+SYNTHETIC = [
+    "data.train_size=300", "data.test_size=90", "epochs=3", "budget=2", "method.swa_start=2",
+    "eval_every=1", "optim.batch_size=32", "optim.lr_init=0.01", "method.swa_lr=0.005", "progress=false",
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def imagenet_root(tmp_path_factory) -> Path:
+    # 25 training images: batches of 10, 10, 5 split 5+5 and 3+2 between two ranks
+    return write_image_folder(tmp_path_factory.mktemp("inet") / "imagenet", 5, 5, 2)
+
+
+@pytest.mark.parametrize("data", ["imagenet", "synthetic"])
+def test_two_processes_equal_one(tmp_path, imagenet_root, data):
+    overrides = (
+        [*imagenet_overrides(imagenet_root), "data.num_classes=5"]
+        if data == "imagenet"
+        else [*SYNTHETIC, "model.name=small_cnn_nobn"]
+    )
+    runs = {}
+    for processes in (1, 2):
+        result = launch(processes, [*overrides, f"paths.runs={tmp_path / str(processes)}"])
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[processes] = run_dir(tmp_path / str(processes))
+    assert "x 2 processes" in result.stdout
+    one, two = (load_checkpoint(runs[p] / "checkpoints" / "last.pt") for p in (1, 2))
+    assert int(two["swa_model"]["n_averaged"]) == int(one["swa_model"]["n_averaged"]) > 1
+    for which in ("model", "swa_model"):
+        for name, value in one[which].items():
+            torch.testing.assert_close(two[which][name], value, rtol=1e-5, atol=1e-6)
+    assert len(two["rng_ranks"]) == 2 and one["rng_ranks"] is None
+    metrics = [
+        [json.loads(line) for line in (runs[p] / "metrics.jsonl").read_text().splitlines()]
+        for p in (1, 2)
+    ]
+    assert [r["epoch"] for r in metrics[1]] == [r["epoch"] for r in metrics[0]]
+    for a, b in zip(*metrics, strict=True):  # sharded evaluation summed = one-process evaluation
+        for key in a:
+            if key != "time_s":
+                assert b[key] == pytest.approx(a[key], rel=1e-5, abs=1e-6), key
+    # only rank 0 wrote: one set of files, no second writer's temporary files
+    assert sorted(p.name for p in runs[2].iterdir() if not p.name.startswith(".")) == sorted(
+        p.name for p in runs[1].iterdir() if not p.name.startswith(".")
+    )
+
+
+def test_distributed_bn_refresh_evaluation_and_agreement(tmp_path):
+    out = tmp_path / "check.json"
+    result = launch(2, [str(out)], script=[str(HELPERS / "dist_check.py")])
+    assert result.returncode == 0, result.stderr[-3000:]
+    r = json.loads(out.read_text())
+    assert r["world"] == 2 and r["bn_seen"] == r["bn_single_seen"] == 51
+    # both ranks hold the same combined statistics, equal to one process over all 7 batches
+    assert r["bn_ranks"][0] == r["bn_ranks"][1]
+    assert r["bn_single"] == pytest.approx(r["bn_ranks"][0], rel=1e-5, abs=1e-6)
+    assert max(abs(v) for v in r["bn_single"]) > 0.5  # real statistics, not the reset values
+    assert r["eval_ranks"][0] == r["eval_ranks"][1]
+    for key, value in r["eval_single"].items():
+        assert r["eval_ranks"][0][key] == pytest.approx(value, rel=1e-6), key
+    assert r["agree_errors"] == ["rank 0 refuses"] * 2
+    assert r["agree_values"] == ["chosen on rank 0"] * 2
+    assert r["disagreement_ranks"] == [True, True]
+
+
+def test_a_preempted_distributed_run_resumes_exactly(tmp_path):
+    """SIGTERM on both ranks at step 5: the ranks agree to stop at the next check (step 20),
+    checkpoint mid-epoch and exit 75; the relaunch ends bitwise equal to an uninterrupted run."""
+    overrides = [*SYNTHETIC, "data.train_size=1000", "optim.batch_size=16", "epochs=2"]
+    whole = launch(2, [*overrides, f"paths.runs={tmp_path / 'whole'}"])
+    assert whole.returncode == 0, whole.stderr[-3000:]
+    runs = tmp_path / "stopped"
+    crash = [str(HELPERS / "crash_run.py"), "step:5", "TERM", "--"]
+    stopped = launch(2, [*overrides, f"paths.runs={runs}"], script=crash)
+    assert stopped.returncode != 0
+    assert "stopped by signal 15 at epoch 1 step 20" in stopped.stderr
+    assert (runs / "synthetic/small_cnn/swa/seed0/checkpoints/last.pt").is_file()
+    state = load_checkpoint(runs / "synthetic/small_cnn/swa/seed0/checkpoints/last.pt")
+    assert (state["epoch"], state["step"]) == (0, 20) and len(state["rng_ranks"]) == 2
+    resumed = launch(2, [*overrides, f"paths.runs={runs}"])
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout
+    a = load_checkpoint(run_dir(tmp_path / "whole") / "checkpoints" / "last.pt")
+    b = load_checkpoint(run_dir(runs) / "checkpoints" / "last.pt")
+    for which in ("model", "swa_model", "optimizer"):
+        flat_a, flat_b = _tensors(a[which]), _tensors(b[which])
+        assert len(flat_a) == len(flat_b) > 0
+        assert all(torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True)), which
+
+
+def _tensors(tree) -> list[torch.Tensor]:
+    if isinstance(tree, torch.Tensor):
+        return [tree]
+    if isinstance(tree, dict):
+        return [t for key in sorted(tree, key=str) for t in _tensors(tree[key])]
+    if isinstance(tree, list | tuple):
+        return [t for item in tree for t in _tensors(item)]
+    return []
