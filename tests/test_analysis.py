@@ -4,13 +4,15 @@ import json
 import os
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 
-from swa_repro.analysis.__main__ import EXIT_USER_ERROR, main
-from swa_repro.analysis.common import AnalysisError
+from swa_repro.analysis.__main__ import ANALYSIS_CONF_DIR, EXIT_USER_ERROR, main
+from swa_repro.analysis.common import POINTS_PER_PASS, AnalysisError
 from swa_repro.analysis.fge import FGESchedule, compute_fge
 from swa_repro.analysis.line import compute_line
 from swa_repro.analysis.plane import compute_plane, plane_basis
@@ -61,6 +63,10 @@ def points(run_dir, ctx):
     )
 
 
+# several points per pass agree with one point per pass up to floating-point summation order
+RTOL, ATOL = 1e-5, 1e-6
+
+
 def _assert_same_arrays(a: dict, b: dict) -> None:
     assert a.keys() == b.keys()
     for key in a:
@@ -72,6 +78,12 @@ def _assert_same_arrays(a: dict, b: dict) -> None:
 def _load(path) -> dict:
     with np.load(path, allow_pickle=False) as npz:
         return {key: npz[key] for key in npz.files}
+
+
+def _assert_close_metrics(a: dict, b: dict) -> None:
+    """Every metric of a and b (arrays or scalars) within RTOL / ATOL."""
+    for m in METRICS:
+        np.testing.assert_allclose(a[m], b[m], rtol=RTOL, atol=ATOL, err_msg=m)
 
 
 # --------------------------------------------------------------------------- plane
@@ -117,18 +129,19 @@ def test_plane_grid_nodes_and_metrics(ctx, points, tmp_path):
     np.testing.assert_allclose(xy[3], xy[2], atol=1e-9)
     assert xy[1][1] == pytest.approx(saved["y"][6], abs=1e-9)
     assert saved["done"].shape == (8, 8) and saved["done"].all()
-    expected = ctx.evaluate(w0)
+    _assert_close_metrics({m: saved[m][1, 1] for m in METRICS}, ctx.evaluate(w0))
     for m in METRICS:
         assert saved[m].shape == (8, 8)
-        assert saved[m][1, 1] == expected[m], m
         assert np.isfinite(saved[m]).all()
 
 
 def test_plane_resumes_to_identical_arrays_and_refuses_other_inputs(
     ctx, points, tmp_path, monkeypatch
 ):
+    """One point per pass (ctx.evaluate); for chunks see test_chunked_grid_resumes_..."""
     w0, w1, w2 = points
-    full = compute_plane(ctx, w0, w1, w2, {}, tmp_path / "full.npz", 4, 1.0, progress=False)
+    one = {"progress": False, "points_per_pass": 1}
+    full = compute_plane(ctx, w0, w1, w2, {}, tmp_path / "full.npz", 4, 1.0, **one)
 
     out = tmp_path / "partial.npz"
     evaluate, calls = ctx.evaluate, []
@@ -141,14 +154,14 @@ def test_plane_resumes_to_identical_arrays_and_refuses_other_inputs(
 
     monkeypatch.setattr(ctx, "evaluate", interrupted)
     with pytest.raises(KeyboardInterrupt):
-        compute_plane(ctx, w0, w1, w2, {}, out, 4, 1.0, progress=False)
+        compute_plane(ctx, w0, w1, w2, {}, out, 4, 1.0, **one)
     monkeypatch.undo()
     partial = _load(out)
     assert partial["done"].sum() == 5 and partial["done"].ravel()[:5].all()
     assert np.isnan(partial["test_err"][~partial["done"]]).all()
     assert np.isfinite(partial["test_err"][partial["done"]]).all()
 
-    resumed = compute_plane(ctx, w0, w1, w2, {}, out, 4, 1.0, progress=False)
+    resumed = compute_plane(ctx, w0, w1, w2, {}, out, 4, 1.0, **one)
     _assert_same_arrays(full, resumed)
     _assert_same_arrays(full, _load(out))
 
@@ -156,6 +169,119 @@ def test_plane_resumes_to_identical_arrays_and_refuses_other_inputs(
         compute_plane(ctx, w0, w1, w2, {}, out, 4, 0.5, progress=False)
     with pytest.raises(ValueError, match="different inputs"):
         compute_plane(ctx, w0, w2, w1, {}, out, 4, 1.0, progress=False)
+
+
+# --------------------------------------------------------------------------- chunks of points
+
+GRID = {"grid_points": 4, "margin": 0.5, "progress": False}  # 16 points, C order
+
+
+@pytest.fixture(scope="module")
+def plane_one_by_one(ctx, points, tmp_path_factory):
+    """The 4 x 4 plane evaluated one point per pass (ctx.evaluate): the reference."""
+    out = tmp_path_factory.mktemp("plane_one_by_one") / "plane.npz"
+    return compute_plane(ctx, *points, {}, out, **GRID, points_per_pass=1)
+
+
+def _chunk_recorder(ctx, monkeypatch, fail_on_call: int | None = None) -> list[torch.Tensor]:
+    """Record the vectors of each ctx.evaluate_many call; raise KeyboardInterrupt on call
+    number `fail_on_call` (1-based). ctx.evaluate must not be called."""
+    evaluate_many, chunks = ctx.evaluate_many, []
+
+    def recording(vectors, **options):
+        if len(chunks) + 1 == fail_on_call:
+            raise KeyboardInterrupt
+        chunks.append(vectors.clone())
+        return evaluate_many(vectors, **options)
+
+    def per_point(vector):
+        raise AssertionError("ctx.evaluate called by a chunked grid")
+
+    monkeypatch.setattr(ctx, "evaluate_many", recording)
+    monkeypatch.setattr(ctx, "evaluate", per_point)
+    return chunks
+
+
+def test_chunked_grid_equals_one_point_per_pass(
+    ctx, points, plane_one_by_one, tmp_path, monkeypatch
+):
+    chunks = _chunk_recorder(ctx, monkeypatch)
+    chunked = compute_plane(ctx, *points, {}, tmp_path / "p.npz", **GRID, points_per_pass=3)
+    monkeypatch.undo()
+    assert [len(c) for c in chunks] == [3, 3, 3, 3, 3, 1]
+    assert chunked["done"].all()
+    _assert_close_metrics(chunked, plane_one_by_one)
+    # the same numbers, not merely the same shape: the grid spans a real range of losses
+    assert np.ptp(plane_one_by_one["train_loss"]) > 1e-3
+    assert np.array_equal(chunked["test_err"], plane_one_by_one["test_err"])
+    for key in ("x", "y", "point_xy"):
+        assert np.array_equal(chunked[key], plane_one_by_one[key]), key
+
+
+def test_chunked_grid_resumes_after_the_last_saved_chunk(ctx, points, tmp_path, monkeypatch):
+    full = compute_plane(ctx, *points, {}, tmp_path / "full.npz", **GRID, points_per_pass=3)
+
+    out = tmp_path / "partial.npz"
+    _chunk_recorder(ctx, monkeypatch, fail_on_call=2)
+    with pytest.raises(KeyboardInterrupt):
+        compute_plane(ctx, *points, {}, out, **GRID, points_per_pass=3)
+    monkeypatch.undo()
+    partial = _load(out)
+    assert partial["done"].sum() == 3 and partial["done"].ravel()[:3].all()
+    assert np.isnan(partial["train_loss"].ravel()[3:]).all()
+
+    chunks = _chunk_recorder(ctx, monkeypatch)
+    resumed = compute_plane(ctx, *points, {}, out, **GRID, points_per_pass=3)
+    monkeypatch.undo()
+    # the first chunk is not recomputed: the rerun starts at point 3 of the C order
+    assert [len(c) for c in chunks] == [3, 3, 3, 3, 1]
+    basis = plane_basis(*points)
+    x, y = full["x"], full["y"]
+    torch.testing.assert_close(chunks[0][0], basis.point(x[0], y[3]), rtol=0, atol=1e-6)
+    for m in METRICS:
+        assert np.array_equal(resumed[m].ravel()[:3], partial[m].ravel()[:3]), m
+    # same chunks as the uninterrupted run, so the same numbers exactly
+    _assert_same_arrays(full, resumed)
+    _assert_same_arrays(full, _load(out))
+
+
+def test_points_per_pass_is_not_an_input(ctx, points, plane_one_by_one, tmp_path, monkeypatch):
+    """A plane started one point per pass resumes with chunks of 4 under the same inputs_hash."""
+    out = tmp_path / "plane.npz"
+    evaluate, calls = ctx.evaluate, []
+
+    def interrupted(vector):
+        if len(calls) == 5:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return evaluate(vector)
+
+    monkeypatch.setattr(ctx, "evaluate", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compute_plane(ctx, *points, {}, out, **GRID, points_per_pass=1)
+    monkeypatch.undo()
+    started = _load(out)
+    assert started["done"].sum() == 5
+
+    chunks = _chunk_recorder(ctx, monkeypatch)
+    resumed = compute_plane(ctx, *points, {}, out, **GRID, points_per_pass=4)
+    monkeypatch.undo()
+    assert [len(c) for c in chunks] == [4, 4, 3]  # the 11 points not done
+    digest = json.loads(str(started["config"]))["inputs_hash"]
+    assert json.loads(str(resumed["config"]))["inputs_hash"] == digest
+    assert json.loads(str(plane_one_by_one["config"]))["inputs_hash"] == digest
+    for m in METRICS:
+        assert np.array_equal(resumed[m].ravel()[:5], plane_one_by_one[m].ravel()[:5]), m
+    _assert_close_metrics(resumed, plane_one_by_one)
+
+
+def test_bad_chunk_settings_are_refused(ctx, points, tmp_path):
+    out = tmp_path / "plane.npz"
+    with pytest.raises(AnalysisError, match="points_per_pass"):
+        compute_plane(ctx, *points, {}, out, **GRID, points_per_pass=0)
+    with pytest.raises(AnalysisError, match="multipoint_mode"):
+        compute_plane(ctx, *points, {}, out, **GRID, multipoint_mode="gpu")
+    assert not out.exists()
 
 
 # --------------------------------------------------------------------------- line and rays
@@ -170,10 +296,9 @@ def test_line_at_distance_zero_is_the_swa_point(ctx, points, tmp_path):
     np.testing.assert_allclose(saved["t"], [-1.0, 0.0, 1.0, 2.0])
     np.testing.assert_allclose(saved["distance"], saved["t"] * norm)
     assert float(saved["sgd_distance"]) == pytest.approx(norm)
-    expected = ctx.evaluate(w_swa)
+    _assert_close_metrics({m: saved[m][1] for m in METRICS}, ctx.evaluate(w_swa))
     for m in METRICS:
         assert saved[m].shape == (4,)
-        assert saved[m][1] == expected[m], m
     assert json.loads(str(saved["config"]))["n_points"] == 4
 
 
@@ -187,19 +312,21 @@ def test_ray_directions_are_unit_and_seeded():
 
 def test_rays_share_directions_and_start_at_the_origins(ctx, points, tmp_path, monkeypatch):
     _, w_sgd, w_swa = points
-    seen = []
-    evaluate = ctx.evaluate
+    seen, chunks = [], []
+    evaluate_many = ctx.evaluate_many
 
-    def recording(vector):
-        seen.append(vector.double())
-        return evaluate(vector)
+    def recording(vectors, **options):
+        seen.extend(vectors.double())
+        chunks.append(len(vectors))
+        return evaluate_many(vectors, **options)
 
-    monkeypatch.setattr(ctx, "evaluate", recording)
+    monkeypatch.setattr(ctx, "evaluate_many", recording)
     origins = {"swa": w_swa, "sgd": w_sgd}
     out = tmp_path / "rays.npz"
     compute_rays(ctx, origins, out, n_directions=2, max_distance=2.0, n_distances=3, seed=7,
-                 progress=False)  # fmt: skip
+                 progress=False, points_per_pass=5)  # fmt: skip
     monkeypatch.undo()
+    assert chunks == [5, 5, 2]  # 12 points; chunks cross the rays' boundaries
     saved = _load(out)
     np.testing.assert_allclose(saved["distances"], [0.0, 1.0, 2.0])
     assert list(saved["origins"]) == ["swa", "sgd"]
@@ -217,7 +344,7 @@ def test_rays_share_directions_and_start_at_the_origins(ctx, points, tmp_path, m
         expected = ctx.evaluate(w)
         for m in METRICS:
             assert saved[m].shape == (2, 2, 3)
-            assert (saved[m][o, :, 0] == expected[m]).all(), m
+            np.testing.assert_allclose(saved[m][o, :, 0], expected[m], rtol=RTOL, atol=ATOL)
 
 
 # --------------------------------------------------------------------------- FGE
@@ -321,6 +448,8 @@ def test_cli_bad_run_dir_exits_2_with_one_line(tmp_path):
         (["line", "swa={ckpt}/epoch_0009.pt:swa_model"], "cannot read checkpoint"),
         (["line", "sgd={ckpt}/last.pt:weights"], "unknown selector"),
         (["line", "n_points=1"], "n_points"),
+        (["line", "points_per_pass=0"], "points_per_pass"),
+        (["line", "multipoint_mode=gpu"], "multipoint_mode"),
         (["rays", "no_such_key=1"], "no_such_key"),
         (["fge", "cycle_epochs=3"], "cycle_epochs"),
     ],
@@ -338,6 +467,11 @@ def test_cli_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, argv, ne
     args = [a.format(ckpt=ckpt) for a in argv] + (common if argv[0] != "nope" else [])
     assert main(args) == EXIT_USER_ERROR
     assert needle in _one_error_line(capsys.readouterr().err)
+
+
+def test_config_chunk_defaults_are_the_python_defaults():
+    base = OmegaConf.load(Path(ANALYSIS_CONF_DIR) / "base.yaml")
+    assert base.points_per_pass == POINTS_PER_PASS and base.multipoint_mode == "auto"
 
 
 def test_cli_line_writes_its_output(run_dir, tmp_path, capsys):

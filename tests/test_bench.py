@@ -3,6 +3,7 @@
 import json
 import math
 
+from swa_repro.analysis.common import POINTS_PER_PASS
 from swa_repro.bench import DERIVED, MEASUREMENT_FIELDS, MEASUREMENTS, run
 
 ENVIRONMENT = (
@@ -59,6 +60,9 @@ def test_bench_tiny_writes_every_field(tmp_path):
     assert saved["environment"]["device"] == "cpu"
     assert set(SETTINGS) <= set(saved["settings"])
     assert saved["settings"]["speed"]["compile"] is False  # off on CPU unless asked for
+    # plane points in the analyses' chunks (evaluate_grid), loop mode on CPU as its "auto"
+    assert saved["settings"]["plane_points_per_pass"] == POINTS_PER_PASS
+    assert saved["settings"]["plane_mode"] == "loop"
     assert list(saved["models"]) == ["small_cnn"]
     model = saved["models"]["small_cnn"]
     assert model["params"] > 0

@@ -14,7 +14,10 @@ pipelines on the same synthetic CIFAR-shaped data (uint8 32x32 images, no downlo
 
 - ours: device-resident uint8 data with batched on-device crop/flip (data.TrainStream), the
   speed options of conf/speed/<--speed>.yaml (swa_repro.fast), the fused AveragedModel
-  update, and RunContext.evaluate_many for plane points (P points per data pass).
+  update, and plane points as the analyses evaluate them (analysis.common.evaluate_grid):
+  RunContext.evaluate_many on chunks of P points per data pass (P: the analyses'
+  points_per_pass unless --plane-points), fp32 and the run's batch sizes, as the analyses
+  take no speed options.
 - reference, as the authors' code works: a Dataset of PIL images with torchvision transforms
   RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize in a DataLoader with 4
   workers (--ref-workers), batch 128, shuffle, pinned memory on CUDA, fp32, a host sync per
@@ -50,6 +53,7 @@ from torch import nn
 from torch.nn.utils import vector_to_parameters
 
 from swa_repro import REPO_ROOT
+from swa_repro.analysis.common import POINTS_PER_PASS
 from swa_repro.analysis.points import RunContext
 from swa_repro.averaging import make_averaged_model
 from swa_repro.bn_refresh import refresh_bn
@@ -68,10 +72,10 @@ LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 AVERAGING_UPDATES = 20  # updates per timed repeat of the averaging measurement
 PLANE_GRID = 21
 
-SIZES = {  # images per split, plane points per evaluate_many call
-    "tiny": {"train_size": 320, "test_size": 192, "plane_points": 2},
-    "small": {"train_size": 2048, "test_size": 512, "plane_points": 4},
-    "full": {"train_size": 50000, "test_size": 10000, "plane_points": 8},
+SIZES = {  # images per split
+    "tiny": {"train_size": 320, "test_size": 192},
+    "small": {"train_size": 2048, "test_size": 512},
+    "full": {"train_size": 50000, "test_size": 10000},
 }
 MEASUREMENTS = {  # name -> (unit, higher is better)
     "train_images_per_s": ("images/s", True),
@@ -340,7 +344,8 @@ def bench_model(
     per_update = 1000.0 / AVERAGING_UPDATES
     report("averaging_update_ms", [t * per_update for t in t_ours], [t * per_update for t in t_ref])
 
-    # plane points: P per evaluate_many call (one pass per stream) vs one at a time
+    # plane points as evaluate_grid does them, P per evaluate_many call (one pass per stream),
+    # on a plain model without speed options, vs one at a time
     base = flat_parameters(model)
     gen = torch.Generator().manual_seed(0)
     u, v = (torch.randn(base.numel(), generator=gen).to(device) * 1e-3 for _ in range(2))
@@ -350,10 +355,11 @@ def bench_model(
         {"optim": {"weight_decay": WEIGHT_DECAY, "batch_size": BATCH}, "model": {"name": name}}
     )
     data_dev = Splits(data.name, data.num_classes, train_x, train_y, test_x, test_y)
-    ctx = RunContext(cfg, model, data_dev, stream, normalize, eval_bs, seed=0)
+    plane_model = build_model(name, NUM_CLASSES).to(device)  # only its architecture is used
+    ctx = RunContext(cfg, plane_model, data_dev, stream, normalize, BATCH, seed=0)
     warm_ctx = RunContext(
         cfg,
-        model,
+        plane_model,
         Splits(
             data.name,
             data.num_classes,
@@ -364,20 +370,14 @@ def bench_model(
         ),
         TrainStream(train_x[:BATCH], train_y[:BATCH], BATCH, normalize, seed=0),
         normalize,
-        eval_bs,
+        BATCH,
         seed=0,
     )
-
-    def ours_plane():
-        ctx.evaluate_many(
-            vectors, mode=plane_mode, bn_batch_size=speed.bn_refresh_batch_size, speed=speed
-        )
-
     t_ours = measure(
-        lambda r: ours_plane(),
+        lambda r: ctx.evaluate_many(vectors, mode=plane_mode),
         device,
         repeats,
-        warmup=lambda: warm_ctx.evaluate_many(vectors, mode=plane_mode, speed=speed),
+        warmup=lambda: warm_ctx.evaluate_many(vectors, mode=plane_mode),
     )
     ref_vector = vectors[0].clone()
     t_ref = measure(
@@ -538,7 +538,10 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
         help="override speed.compile; auto: the file's value on CUDA, off on CPU (minutes of compiling)",
     )
     p.add_argument(
-        "--plane-points", type=int, help="points per evaluate_many call (default by size)"
+        "--plane-points",
+        type=int,
+        default=POINTS_PER_PASS,
+        help="points per evaluate_many call (default: the analyses' points_per_pass)",
     )
     p.add_argument("--plane-mode", choices=("auto", "vmap", "loop"), default="auto")
     p.add_argument(
@@ -549,6 +552,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
+    if args.plane_points < 1:
+        p.error("--plane-points must be >= 1")
     return args
 
 
@@ -563,7 +568,6 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
     sizes = dict(SIZES[size])
     sizes["train_size"] = args.train_size or sizes["train_size"]
     sizes["test_size"] = args.test_size or sizes["test_size"]
-    plane_points = args.plane_points or sizes["plane_points"]
     speed = load_speed(args.speed)
     compile_on = {"on": True, "off": False, "auto": speed.compile and gpu}[args.compile]
     speed = Speed(**{**speed.as_dict(), "compile": compile_on})
@@ -581,7 +585,7 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
         "ref_workers": args.ref_workers,
         "speed_name": args.speed,
         "speed": speed.as_dict(),
-        "plane_points_per_pass": plane_points,
+        "plane_points_per_pass": args.plane_points,
         "plane_mode": plane_mode,
         "averaging_updates_per_repeat": AVERAGING_UPDATES,
     }
@@ -592,7 +596,7 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
     log(
         f"size {size}: {sizes['train_size']} train / {sizes['test_size']} test synthetic images, "
         f"{args.repeats} repeats after 1 warm-up | ours: speed={args.speed} {speed.as_dict()}, "
-        f"plane {plane_points} points/pass ({plane_mode}) | reference: PIL + DataLoader "
+        f"plane {args.plane_points} points/pass ({plane_mode}) | reference: PIL + DataLoader "
         f"({args.ref_workers} workers), fp32, batch {BATCH}"
     )
     data = synthetic_data(sizes["train_size"], sizes["test_size"])
@@ -616,7 +620,7 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
                 speed,
                 args.repeats,
                 args.ref_workers,
-                plane_points,
+                args.plane_points,
                 plane_mode,
                 log,
             )

@@ -125,6 +125,12 @@ def main(argv: list[str] | None = None) -> None:
         help="a1,a2 of the cyclical trajectory (default swa_lr,swa_lr/10)",
     )
     parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--points-per-pass",
+        type=int,
+        default=None,
+        help="grid points evaluated in one pass over the data (default: conf/analysis/base.yaml's)",
+    )
     parser.add_argument("--extra", default="", help="Hydra overrides for every run trained here")
     parser.add_argument(
         "--demo",
@@ -210,6 +216,7 @@ def main(argv: list[str] | None = None) -> None:
         f"run_seed={args.seed}",
         f"out_dir={data_dir}",
         f"device={args.device}",
+        *([] if args.points_per_pass is None else [f"points_per_pass={args.points_per_pass}"]),
     ]
     swa_point, sgd_point = f"{swa_run}/checkpoints/last.pt:swa_model", f"{sgd_solution}:model"
     grid = [f"grid_points={args.grid}"]

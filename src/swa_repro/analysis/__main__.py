@@ -63,6 +63,8 @@ def run_plane(cfg: DictConfig) -> list[Path]:
         labels=tuple(str(label) for label in cfg.labels),
         progress=cfg.progress,
         config=record(cfg),
+        points_per_pass=cfg.points_per_pass,
+        multipoint_mode=cfg.multipoint_mode,
     )
     return [Path(cfg.out)]
 
@@ -79,6 +81,8 @@ def run_line(cfg: DictConfig) -> list[Path]:
         n_points=cfg.n_points,
         progress=cfg.progress,
         config=record(cfg),
+        points_per_pass=cfg.points_per_pass,
+        multipoint_mode=cfg.multipoint_mode,
     )
     return [Path(cfg.out)]
 
@@ -96,6 +100,8 @@ def run_rays(cfg: DictConfig) -> list[Path]:
         seed=cfg.seed,
         progress=cfg.progress,
         config=record(cfg),
+        points_per_pass=cfg.points_per_pass,
+        multipoint_mode=cfg.multipoint_mode,
     )
     return [Path(cfg.out)]
 
@@ -130,6 +136,8 @@ def run_trajectory(cfg: DictConfig) -> list[Path]:
         margin=cfg.margin,
         progress=cfg.progress,
         config={**record(cfg), **label},
+        points_per_pass=cfg.points_per_pass,
+        multipoint_mode=cfg.multipoint_mode,
     )
     return [Path(cfg.out)]
 

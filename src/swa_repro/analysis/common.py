@@ -1,8 +1,12 @@
 """What every point analysis shares: resumable evaluation of a grid of points into an .npz.
 
 An analysis is a set of weight vectors indexed by a grid of shape S (a plane G x G, a line N,
-rays O x R x T). Each is evaluated with RunContext.evaluate, in C order, and after every point
-the whole result is written atomically (a temporary file in the same folder, then os.replace):
+rays O x R x T). They are evaluated in C order, points_per_pass at a time with
+RunContext.evaluate_many (one pass over each data stream per chunk instead of one per point;
+the same metrics up to floating-point summation order), or one by one with RunContext.evaluate
+when points_per_pass is 1. Only the current chunk's vectors are built (point_at is called
+lazily), and after every chunk the whole result is written atomically (a temporary file in
+the same folder, then os.replace):
 
     <metric> (S) float64 for each metric in METRICS, NaN where not yet evaluated
     done     (S) bool
@@ -10,9 +14,12 @@ the whole result is written atomically (a temporary file in the same folder, the
     + the analysis' own fixed arrays (coordinates, names, ...)
 
 inputs_hash = sha256(settings as sorted JSON, then the bytes of every defining vector as
-float32). A rerun whose hash matches the file's continues with the points not done (every
-point is a deterministic function of the inputs, so the result equals an uninterrupted run);
-a file with another hash is refused.
+float32). A rerun whose hash matches the file's continues with the points not done: they form
+the same chunks as in an uninterrupted run (the file is only written at chunk ends), and every
+point is a deterministic function of the inputs, so the result equals an uninterrupted run.
+A file with another hash is refused. points_per_pass and multipoint_mode are speed settings,
+not inputs, and are not hashed: a grid started with one chunk size can be resumed with another
+(its points then agree with an uninterrupted run to floating-point summation order).
 """
 
 from __future__ import annotations
@@ -29,6 +36,9 @@ from tqdm.auto import tqdm
 
 from swa_repro.analysis.points import METRICS, RunContext
 from swa_repro.checkpoint import write_atomic
+from swa_repro.multipoint import MODES
+
+POINTS_PER_PASS = 8  # default chunk of evaluate_grid (conf/analysis/base.yaml: points_per_pass)
 
 
 class AnalysisError(ValueError):
@@ -78,8 +88,20 @@ def evaluate_grid(
     digest: str,
     progress: bool = True,
     desc: str = "points",
+    points_per_pass: int = POINTS_PER_PASS,
+    multipoint_mode: str = "auto",
 ) -> dict[str, np.ndarray]:
-    """Evaluate point_at(index) for every index of `shape`, resuming `out_path`; returns its arrays."""
+    """Evaluate point_at(index) for every index of `shape`, resuming `out_path`; returns its arrays.
+
+    points_per_pass points share each pass over the data (RunContext.evaluate_many with
+    mode=multipoint_mode); 1 evaluates every point on its own (RunContext.evaluate).
+    """
+    if not isinstance(points_per_pass, int) or points_per_pass < 1:
+        raise AnalysisError(f"points_per_pass must be an integer >= 1, got {points_per_pass!r}")
+    if multipoint_mode not in MODES:
+        raise AnalysisError(
+            f"multipoint_mode must be one of {', '.join(MODES)}, got {multipoint_mode!r}"
+        )
     out_path = Path(out_path)
     results = {m: np.full(shape, np.nan) for m in METRICS}
     done = np.zeros(shape, dtype=bool)
@@ -106,22 +128,28 @@ def evaluate_grid(
     def state() -> dict[str, np.ndarray]:
         return {**arrays, **results, "done": done, "config": np.array(json.dumps(config))}
 
+    def evaluate(chunk: list[tuple[int, ...]]) -> list[dict[str, float]]:
+        if points_per_pass == 1:  # exactly the per-point evaluation, no model copies
+            return [ctx.evaluate(point_at(chunk[0]))]
+        vectors = torch.stack([point_at(index) for index in chunk])
+        return ctx.evaluate_many(vectors, mode=multipoint_mode)
+
     save_npz_atomic(out_path, state())
+    todo = [index for index in np.ndindex(shape) if not done[index]]
     bar = tqdm(
         total=done.size,
-        initial=int(done.sum()),
+        initial=done.size - len(todo),
         desc=desc,
         disable=None if progress else True,  # None: off when not a terminal
         dynamic_ncols=True,
     )
     with bar:
-        for index in np.ndindex(shape):
-            if done[index]:
-                continue
-            metrics = ctx.evaluate(point_at(index))
-            for m in METRICS:
-                results[m][index] = metrics[m]
-            done[index] = True
+        for start in range(0, len(todo), points_per_pass):
+            chunk = todo[start : start + points_per_pass]
+            for index, metrics in zip(chunk, evaluate(chunk), strict=True):
+                for m in METRICS:
+                    results[m][index] = metrics[m]
+                done[index] = True
             save_npz_atomic(out_path, state())
-            bar.update()
+            bar.update(len(chunk))
     return state()

@@ -3,7 +3,8 @@
     w(t) = w_swa + t (w_sgd - w_swa) = t w_sgd + (1 - t) w_swa,  t in linspace(t_min, t_max, N)
     distance(t) = t |w_sgd - w_swa|   (signed distance from w_swa, positive towards w_sgd)
 
-Every point is evaluated with RunContext.evaluate, resumably (see common.evaluate_grid).
+Points are evaluated points_per_pass at a time (one pass over the data for each chunk),
+resumably (see common.evaluate_grid).
 Output .npz: t (N,), distance (N,), <metric> (N,) for each metric in METRICS, done (N,),
 sgd_distance (scalar) = |w_sgd - w_swa|, config (JSON).
 """
@@ -16,6 +17,7 @@ import numpy as np
 import torch
 
 from swa_repro.analysis.common import (
+    POINTS_PER_PASS,
     AnalysisError,
     context_settings,
     device_of,
@@ -35,6 +37,8 @@ def compute_line(
     n_points: int = 31,
     progress: bool = True,
     config: dict | None = None,
+    points_per_pass: int = POINTS_PER_PASS,
+    multipoint_mode: str = "auto",
 ) -> dict[str, np.ndarray]:
     """Evaluate w(t) for the N values of t into `out_path` (resuming it); returns the arrays."""
     if not isinstance(n_points, int) or n_points < 2:
@@ -67,4 +71,6 @@ def compute_line(
         digest,
         progress,
         desc="line",
+        points_per_pass=points_per_pass,
+        multipoint_mode=multipoint_mode,
     )

@@ -6,8 +6,8 @@
     point(x, y) = w0 + x u^ + y v^        (so w0 -> (0, 0), w2 -> (dx, 0), w1 -> (., dy))
     project(p) = (<p - w0, u^>, <p - w0, v^>)   places any other point on the plane
 
-Every grid point is evaluated with RunContext.evaluate (BN refresh, train and test metrics),
-resumably (see common.evaluate_grid). Output .npz:
+Every grid point is evaluated (BN refresh, train and test metrics), points_per_pass points
+per pass over the data, resumably (see common.evaluate_grid). Output .npz:
 
     x (G,), y (G,)            grid coordinates alpha dx, beta dy (float64)
     <metric> (G, G)           for each metric in METRICS, indexed [i_x, j_y]; NaN where not done
@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 from swa_repro.analysis.common import (
+    POINTS_PER_PASS,
     AnalysisError,
     context_settings,
     device_of,
@@ -85,10 +86,13 @@ def compute_plane(
     progress: bool = True,
     config: dict | None = None,
     extra_arrays: dict[str, np.ndarray] | None = None,
+    points_per_pass: int = POINTS_PER_PASS,
+    multipoint_mode: str = "auto",
 ) -> dict[str, np.ndarray]:
     """Evaluate the G x G plane grid into `out_path` (resuming it); returns the saved arrays.
 
-    `config` is merged into the saved config JSON, `extra_arrays` saved alongside.
+    `config` is merged into the saved config JSON, `extra_arrays` saved alongside;
+    points_per_pass and multipoint_mode go to evaluate_grid.
     """
     if not isinstance(grid_points, int) or grid_points < 2:
         raise AnalysisError(f"grid_points must be an integer >= 2, got {grid_points!r}")
@@ -127,4 +131,6 @@ def compute_plane(
         digest,
         progress,
         desc="plane",
+        points_per_pass=points_per_pass,
+        multipoint_mode=multipoint_mode,
     )

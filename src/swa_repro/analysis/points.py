@@ -1,4 +1,5 @@
-"""Evaluate a weight vector: the one function every analysis (plane, line, rays) uses.
+"""Evaluate a weight vector: the one procedure every analysis (plane, line, rays) uses, per
+point (RunContext.evaluate) or for several points in one pass over the data (evaluate_many).
 
 A point is a flat vector of the model's parameters (BN buffers are not part of it). To
 evaluate it: load it into the model, recompute BN statistics over the augmented training

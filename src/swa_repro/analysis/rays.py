@@ -5,7 +5,8 @@
           directions serve every origin and a larger n_directions only adds new ones)
     point(o, r, k) = w_o + t_k d_r,   t_k in linspace(0, max_distance, T)
 
-Every point is evaluated with RunContext.evaluate, resumably (see common.evaluate_grid).
+Points are evaluated points_per_pass at a time (one pass over the data for each chunk),
+resumably (see common.evaluate_grid).
 Output .npz: distances (T,), origins (O,) names, <metric> (O, R, T) for each metric in
 METRICS, done (O, R, T), config (JSON with n_directions, seed, max_distance).
 """
@@ -18,6 +19,7 @@ import numpy as np
 import torch
 
 from swa_repro.analysis.common import (
+    POINTS_PER_PASS,
     AnalysisError,
     context_settings,
     device_of,
@@ -45,6 +47,8 @@ def compute_rays(
     seed: int = 0,
     progress: bool = True,
     config: dict | None = None,
+    points_per_pass: int = POINTS_PER_PASS,
+    multipoint_mode: str = "auto",
 ) -> dict[str, np.ndarray]:
     """Evaluate every origin + t d_r into `out_path` (resuming it); returns the saved arrays."""
     if not origins:
@@ -89,4 +93,6 @@ def compute_rays(
         digest,
         progress,
         desc="rays",
+        points_per_pass=points_per_pass,
+        multipoint_mode=multipoint_mode,
     )

@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from swa_repro.analysis.common import AnalysisError, device_of
+from swa_repro.analysis.common import POINTS_PER_PASS, AnalysisError, device_of
 from swa_repro.analysis.plane import compute_plane, plane_basis
 from swa_repro.analysis.points import RunContext
 from swa_repro.analysis.specs import load_point
@@ -46,6 +46,8 @@ def compute_trajectory(
     margin: float = 0.2,
     progress: bool = True,
     config: dict | None = None,
+    points_per_pass: int = POINTS_PER_PASS,
+    multipoint_mode: str = "auto",
 ) -> dict[str, np.ndarray]:
     """Evaluate the trajectory plane of `run_dir` into `out_path` (resuming it)."""
     kept = kept_checkpoints(run_dir)
@@ -83,6 +85,8 @@ def compute_trajectory(
         margin=margin,
         labels=tuple(f"epoch {trajectory[k]}" for k in (first, middle, last)),
         progress=progress,
+        points_per_pass=points_per_pass,
+        multipoint_mode=multipoint_mode,
         config={
             "trajectory_run": str(run_dir),
             "trajectory_epochs": trajectory,
