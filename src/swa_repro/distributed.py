@@ -49,8 +49,9 @@ class Distributed:
         return self.rank == 0
 
     @classmethod
-    def from_env(cls, backend: str | None = None, timeout_min: float = 30) -> Distributed:
-        """Join the process group the launcher describes (torchrun or submitit), once per process."""
+    def from_env(cls, device: str = "auto", timeout_min: float = 30) -> Distributed:
+        """Join the process group the launcher describes (torchrun or submitit), once per process:
+        NCCL when the run's `device` is a GPU (each process on the GPU of its local rank), else gloo."""
         if "RANK" not in os.environ and _submitit_tasks() > 1:
             from submitit.helpers import TorchDistributedEnvironment
 
@@ -58,11 +59,12 @@ class Distributed:
         world = int(os.environ.get("WORLD_SIZE", 1))
         if world == 1:
             return cls()
+        dist = cls(int(os.environ["RANK"]), world, int(os.environ.get("LOCAL_RANK", 0)))
         if not torch_dist.is_initialized():
-            if backend is None:
-                backend = "nccl" if torch.cuda.is_available() else "gloo"
+            on_gpu = dist.device(device).type == "cuda"  # sets this process's GPU first
+            backend = "nccl" if on_gpu else "gloo"
             torch_dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_min))
-        return cls(torch_dist.get_rank(), world, int(os.environ.get("LOCAL_RANK", 0)))
+        return dist
 
     def device(self, requested: str) -> torch.device:
         """The device of this rank: cuda:<local rank> for auto/cuda when CUDA is there, else CPU."""

@@ -129,9 +129,10 @@ def choose_start(cfg: DictConfig, files: RunFiles) -> tuple[dict | None, dict | 
     return None, resumed
 
 
-def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
-    speed = Speed.from_cfg(cfg.get("speed"))  # opt-in fast paths (swa_repro.fast); default all off
-    # Rank 0 picks the checkpoint (damaged ones are renamed); the others load the same file.
+def choose_start_on_ranks(
+    cfg: DictConfig, files: RunFiles, dist: Distributed
+) -> tuple[dict | None, dict | None]:
+    """choose_start on rank 0 (it may rename damaged checkpoints); the others load its choice."""
     chosen: dict = {}
 
     def on_main() -> tuple[dict | None, dict | None]:
@@ -140,14 +141,30 @@ def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
         return finished, None if state is None else {"path": state["path"], "own": state["own"]}
 
     finished, where = dist.agree(on_main)
+    if dist.is_main or where is None:
+        return finished, chosen.get("state")
+    return finished, {**load_checkpoint(where["path"]), **where}
+
+
+def build_model_on_ranks(cfg: DictConfig, num_classes: int, resumed, dist: Distributed):
+    """The run's model. Pretrained weights (ImageNet) come from torchvision, rank 0 downloading
+    them first; a run that starts from a checkpoint takes its weights from there."""
+    pretrained = cfg.model.get("pretrained") if resumed is None else None
+    if not dist.is_main:
+        dist.barrier()
+    model = build_model(cfg.model.name, num_classes, pretrained)
+    if dist.is_main:
+        dist.barrier()
+    return model
+
+
+def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
+    speed = Speed.from_cfg(cfg.get("speed"))  # opt-in fast paths (swa_repro.fast); default all off
+    finished, resumed = choose_start_on_ranks(cfg, files, dist)
     if finished is not None:
         if dist.is_main:
             print(f"{files.root}: already finished, nothing to do (summary: {files.summary})")
         return finished
-    resumed = chosen.get("state")
-    if where is not None and resumed is None:
-        resumed = load_checkpoint(where["path"])
-        resumed.update(where)
 
     # --- set-up: data on the device, model, averaged copy, optimiser, schedule -------------
     device = dist.device(cfg.device)
@@ -155,20 +172,12 @@ def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
     speed.set_backends()
     seed_everything(cfg.seed)
     data = open_data(cfg, device, dist.rank, dist.world)
-    # Pretrained weights (ImageNet) come from torchvision, rank 0 downloading first; a resumed
-    # run has its weights in the checkpoint.
-    pretrained = cfg.model.get("pretrained") if resumed is None else None
-    if not dist.is_main:
-        dist.barrier()
-    model = build_model(cfg.model.name, data.num_classes, pretrained)
-    if dist.is_main:
-        dist.barrier()
-    model = speed.prepare(model.to(device))
+    model = speed.prepare(build_model_on_ranks(cfg, data.num_classes, resumed, dist).to(device))
     if dist.rank:  # other ranks draw other dropout masks
         torch.manual_seed(derive_seed(cfg.seed, "rank", dist.rank))
-    step_model = speed.compiled(
-        dist.wrap(model)
-    )  # shares model's parameters; checkpoints save model
+    # DDP (several processes) and torch.compile wrap `model`, sharing its parameters;
+    # checkpoints save `model` itself.
+    step_model = speed.compiled(dist.wrap(model))
     swa_model = make_averaged_model(model) if cfg.method.swa else None
     optimizer = torch.optim.SGD(
         model.parameters(),
@@ -572,8 +581,10 @@ def print_summary(summary: dict, files: RunFiles) -> None:
 def main(cfg: DictConfig) -> None:
     hydra_cfg = HydraConfig.get()
     files = RunFiles(Path(hydra_cfg.runtime.output_dir))
-    dist = Distributed.from_env()
+    dist = Distributed()
     try:
+        validate_config(cfg)  # before joining a process group on cfg.device
+        dist = Distributed.from_env(cfg.device)
         train(cfg, files.root, dist)
         if dist.is_main:  # only rank 0 writes into the run directory
             files.clear_failure()

@@ -37,7 +37,7 @@ def bn_stats(model) -> list[float]:
 
 
 def main(out: str) -> None:
-    dist = Distributed.from_env(backend="gloo")
+    dist = Distributed.from_env("cpu")
     torch.manual_seed(0)
     model = SmallCNN(5)
     # 7 batches of uneven sizes (the last short), as a BN-refresh stream would give them

@@ -116,6 +116,7 @@ def load_context(
     """The model and data of the run in `run_dir` (its config.yaml says which)."""
     cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
     dev = resolve_device(device)
+    Speed().set_backends()  # true fp32 as in training (PyTorch enables TF32 for convolutions)
     data = load_data(cfg.data).to(dev)
     model = build_model(cfg.model.name, data.num_classes).to(dev)
     normalize = Normalizer(cfg.model.mean, cfg.model.std, dev)
