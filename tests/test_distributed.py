@@ -147,3 +147,33 @@ def _tensors(tree) -> list[torch.Tensor]:
     if isinstance(tree, list | tuple):
         return [t for item in tree for t in _tensors(item)]
     return []
+
+
+def test_slurm_tasks_under_submitit_form_one_process_group(tmp_path):
+    """Two SLURM tasks of one submitit job (as hydra/launcher=slurm with tasks_per_node=2 starts
+    them, environment only): they export SLURM's ranks to torch.distributed and join one group."""
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    out = tmp_path / "check.json"
+    tasks = []
+    for rank in (0, 1):
+        env = dict(
+            ENV, SUBMITIT_EXECUTOR="slurm", SLURM_JOB_ID="4242", SLURM_NTASKS="2",
+            SLURM_JOB_NUM_NODES="1", SLURM_NODEID="0", SLURM_JOB_NODELIST="localhost",
+            SLURM_PROCID=str(rank), SLURM_LOCALID=str(rank), MASTER_PORT=str(port),
+        )  # fmt: skip
+        for key in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"):
+            env.pop(key, None)
+        command = [sys.executable, str(HELPERS / "dist_check.py"), str(out)]
+        tasks.append(
+            subprocess.Popen(command, cwd=REPO, env=env, stderr=subprocess.PIPE, text=True)
+        )
+    for task in tasks:
+        _, err = task.communicate(timeout=300)
+        assert task.returncode == 0, err[-3000:]
+    r = json.loads(out.read_text())
+    assert r["world"] == 2 and r["agree_values"] == ["chosen on rank 0"] * 2
+    assert r["bn_ranks"][0] == r["bn_ranks"][1]

@@ -350,8 +350,28 @@ def test_table2_aggregation_beside_the_paper(tmp_path, capsys):
     for seed, (a5, a10) in enumerate([(76.80, 76.95), (76.84, 77.01), (76.82, 76.98)]):
         write_imagenet_run(runs, "resnet50", seed, 76.13, a5, a10)
     write_imagenet_run(runs, "resnet152", 0, 78.31, 78.80, 78.90)
-    aggregate.main(["table2", "--dataset", "imagenet", "--runs", str(runs), "--out", str(out)])
-    md = (out / "table2_imagenet.md").read_text()
+    readme = tmp_path / "README.md"
+    readme.write_text(
+        "intro\n<!-- results:table2 -->\nNo ImageNet runs yet.\n<!-- /results:table2 -->\nend\n"
+    )
+    aggregate.main(
+        [
+            "table2",
+            "--dataset",
+            "imagenet",
+            "--runs",
+            str(runs),
+            "--out",
+            str(out),
+            "--readme",
+            str(readme),
+        ]
+    )
+    md = (out / "table2.md").read_text()
+    assert (
+        readme.read_text() == f"intro\n<!-- results:table2 -->\n{md}<!-- /results:table2 -->\nend\n"
+    )
+    assert (out / "table2.csv").read_text().count("imagenet,resnet50,") == 3
     assert md.startswith("### Table 2: imagenet, test accuracy %")
     row = next(line for line in md.splitlines() if line.startswith("| resnet50 |"))
     cells = [c.strip() for c in row.strip("|").split("|")]
@@ -414,4 +434,4 @@ def test_table2_sweep_plans_swa_runs_on_several_gpus(tmp_path, capsys, monkeypat
         "-m", "experiment=imagenet/resnet50_swa", "seed=0,1", f"paths.runs={tmp_path / 'runs'}",
         "data.root=/datasets/imagenet",
     ]]  # fmt: skip
-    assert (tmp_path / "out" / "table2_imagenet.md").is_file()
+    assert (tmp_path / "out" / "table2.md").is_file()

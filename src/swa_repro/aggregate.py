@@ -5,7 +5,7 @@
     python -m swa_repro.aggregate table2 --dataset imagenet
 
 Reads runs/<dataset>/<model>/<method>/seed<k>/summary.json and writes
-experiments/results/<table>_<dataset>.md and .csv. Each cell: mean +- std over seeds
+experiments/results/<table>_<dataset>.md and .csv (table2.md / .csv for ImageNet). Each cell: mean +- std over seeds
 (sample std, ddof=1) with n, the paper's value, the difference, and "!" where
 |difference| > 2 sqrt(std_ours^2 + std_paper^2), a missing std counting as 0 (no mark when
 neither std is known: one seed against a value published without spread). Runs not
@@ -35,6 +35,12 @@ TABLE1_MODELS = ("vgg16", "preresnet110", "preresnet164", "wrn28x10")
 TABLE2_MODELS = ("resnet50", "resnet152", "densenet161")
 DEFAULT_MODELS = {"table1": TABLE1_MODELS, "fixed_lr": ("wrn28x10",), "table2": TABLE2_MODELS}
 TITLES = {"table1": "Table 1", "fixed_lr": "Fixed learning rate (section 4.4)", "table2": "Table 2"}
+SINGLE_DATASET = {"table2": "imagenet"}  # tables of one data set are named without it
+
+
+def result_name(table: str, dataset: str) -> str:
+    """File stem and README key of a table: table1_cifar100, fixed_lr_cifar100, table2."""
+    return table if SINGLE_DATASET.get(table) == dataset else f"{table}_{dataset}"
 
 
 @dataclass(frozen=True)
@@ -260,7 +266,8 @@ def to_rows(dataset: str, rows: dict[str, dict[str, Cell]]) -> list[dict]:
 
 def write_outputs(table: str, dataset: str, rows, out_dir: Path) -> tuple[Path, Path]:
     out_dir.mkdir(parents=True, exist_ok=True)
-    md, csv_path = out_dir / f"{table}_{dataset}.md", out_dir / f"{table}_{dataset}.csv"
+    stem = result_name(table, dataset)
+    md, csv_path = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
     write_text_atomic(md, to_markdown(table, dataset, rows))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
@@ -298,7 +305,7 @@ def log_to_wandb(table: str, dataset: str, rows: list[dict]) -> None:
         )
         run.log(
             {
-                f"{table}_{dataset}": wandb.Table(
+                result_name(table, dataset): wandb.Table(
                     columns=CSV_FIELDS, data=[[r[f] for f in CSV_FIELDS] for r in rows]
                 )
             }
@@ -337,7 +344,7 @@ def main(argv: list[str] | None = None) -> None:
     print(f"wrote {md} and {csv_path}")
     has_results = any(cell.values for cells in rows.values() for cell in cells.values())
     if args.readme is not None and has_results:
-        update_readme(args.readme, f"{args.table}_{args.dataset}", markdown)
+        update_readme(args.readme, result_name(args.table, args.dataset), markdown)
     if args.wandb:
         log_to_wandb(args.table, args.dataset, to_rows(args.dataset, rows))
 

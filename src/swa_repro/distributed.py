@@ -55,7 +55,8 @@ class Distributed:
         if "RANK" not in os.environ and _submitit_tasks() > 1:
             from submitit.helpers import TorchDistributedEnvironment
 
-            TorchDistributedEnvironment().export(set_cuda_visible_devices=False)
+            # MASTER_PORT, if set, is kept (submitit reads it); the rest comes from SLURM
+            TorchDistributedEnvironment().export(set_cuda_visible_devices=False, overwrite=True)
         world = int(os.environ.get("WORLD_SIZE", 1))
         if world == 1:
             return cls()
