@@ -115,16 +115,20 @@ def test_distributed_bn_refresh_evaluation_and_agreement(tmp_path):
 
 
 def test_a_preempted_distributed_run_resumes_exactly(tmp_path):
-    """SIGTERM on both ranks at step 5: the ranks agree to stop at the next check (step 20),
-    checkpoint mid-epoch and exit 75; the relaunch ends bitwise equal to an uninterrupted run."""
+    """SIGTERM to rank 1 alone at step 5: the ranks agree to stop at the next check (step 20),
+    checkpoint mid-epoch and exit 75; the relaunch ends bitwise equal to an uninterrupted run.
+    The model has BatchNorm: the run also checks, at every checkpoint, that the ranks hold the
+    same BN buffers (synchronised from rank 0), and its last SWA BN refresh, made by two ranks,
+    equals one process refreshing the same average over the same batches."""
     overrides = [*SYNTHETIC, "data.train_size=1000", "optim.batch_size=16", "epochs=2"]
     whole = launch(2, [*overrides, f"paths.runs={tmp_path / 'whole'}"])
     assert whole.returncode == 0, whole.stderr[-3000:]
+    check_swa_bn_refresh(run_dir(tmp_path / "whole"))
     runs = tmp_path / "stopped"
-    crash = [str(HELPERS / "crash_run.py"), "step:5", "TERM", "--"]
+    crash = [str(HELPERS / "crash_run.py"), "step:5", "TERM", "--rank", "1", "--"]
     stopped = launch(2, [*overrides, f"paths.runs={runs}"], script=crash)
     assert stopped.returncode != 0
-    assert "stopped by signal 15 at epoch 1 step 20" in stopped.stderr
+    assert "stopped by a stop signal to another rank at epoch 1 step 20" in stopped.stderr
     assert (runs / "synthetic/small_cnn/swa/seed0/checkpoints/last.pt").is_file()
     state = load_checkpoint(runs / "synthetic/small_cnn/swa/seed0/checkpoints/last.pt")
     assert (state["epoch"], state["step"]) == (0, 20) and len(state["rng_ranks"]) == 2
@@ -137,6 +141,32 @@ def test_a_preempted_distributed_run_resumes_exactly(tmp_path):
         flat_a, flat_b = _tensors(a[which]), _tensors(b[which])
         assert len(flat_a) == len(flat_b) > 0
         assert all(torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True)), which
+
+
+def check_swa_bn_refresh(run: Path) -> None:
+    """The checkpointed SWA BN statistics = a single-process refresh of the checkpointed average
+    over the run's last BN-refresh stream."""
+    from omegaconf import OmegaConf
+
+    from swa_repro.bn_refresh import refresh_bn
+    from swa_repro.data import Normalizer, TrainStream, load_data
+    from swa_repro.models import build_model
+
+    cfg = OmegaConf.load(run / "config.yaml")
+    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    average = {
+        k.removeprefix("module."): v for k, v in state["swa_model"].items() if k != "n_averaged"
+    }
+    model = build_model(cfg.model.name, cfg.data.num_classes)
+    model.load_state_dict(average)
+    data = load_data(cfg.data)
+    normalize = Normalizer(cfg.model.mean, cfg.model.std, torch.device("cpu"))
+    stream = TrainStream(data.train_x, data.train_y, cfg.optim.batch_size, normalize, cfg.seed)
+    refresh_bn(model, stream.inputs("bn_refresh", cfg.epochs - 1))
+    refreshed = [k for k in average if k.endswith(("running_mean", "running_var"))]
+    assert len(refreshed) == 14
+    for key in refreshed:
+        torch.testing.assert_close(model.state_dict()[key], average[key], rtol=1e-5, atol=1e-6)
 
 
 def _tensors(tree) -> list[torch.Tensor]:

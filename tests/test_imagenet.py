@@ -28,7 +28,7 @@ from swa_repro.data import DataError, open_data
 from swa_repro.data.imagenet import load_folders
 from swa_repro.models import build_model
 from swa_repro.schedule import CyclicSchedule, build_schedule
-from swa_repro.train import compose_config, train
+from swa_repro.train import budget_epochs, compose_config, is_eval_epoch, train
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -61,6 +61,9 @@ def test_experiments_carry_protocol_section_8(model):
     assert cfg.epochs == 10 and cfg.eval_at_start and cfg.bn_refresh_images is None
     assert (cfg.method.swa, cfg.method.swa_start, cfg.method.swa_c_epochs) == (True, 1, 1)
     assert [math.floor(cfg.budget * f) for f in cfg.method.budget_readings] == [5, 10]
+    # evaluated after 5 and 10 epochs only (each SWA evaluation costs a BN pass over 1.28M images)
+    evaluated = [e for e in range(1, 11) if is_eval_epoch(e, cfg, budget_epochs(cfg))]
+    assert evaluated == [5, 10]
     assert (cfg.data.image_size, cfg.data.resize) == (224, 256)
     assert list(cfg.model.mean) == [0.485, 0.456, 0.406]
     assert list(cfg.model.std) == [0.229, 0.224, 0.225]
@@ -159,6 +162,11 @@ def test_training_passes_are_reproducible_and_shared_between_ranks(image_folder)
     assert torch.equal(next(iter(stream.batches("train", 3, start_step=2)))[0], first[2][0])
     partial = list(stream.inputs("train", 3, limit=12))
     assert [len(x) for x in partial] == [8, 4] and torch.equal(partial[1], first[1][0][:4])
+    # a BN-refresh pass gives the ranks whole batches in turn (rank 0: 1st and 3rd, rank 1: 2nd)
+    refresh = [list(open_data(cfg, CPU, r, 2).train_stream(8).inputs("train", 3)) for r in (0, 1)]
+    assert [len(r) for r in refresh] == [2, 1]
+    for got, (x, _) in zip([refresh[0][0], refresh[1][0], refresh[0][1]], first, strict=True):
+        assert torch.equal(got, x)
 
 
 def test_a_rank_never_gets_an_empty_part():
@@ -388,50 +396,100 @@ def test_table2_sweep_plans_swa_runs_on_several_gpus(tmp_path, capsys, monkeypat
     assert sweep.experiments_of("table2", "imagenet", ["resnet50", "densenet161"]) == [
         "imagenet/resnet50_swa", "imagenet/densenet161_swa",
     ]  # fmt: skip
-    program, overrides = sweep.launch_command(4, [])
-    assert program[1:] == [
-        "-m",
-        "torch.distributed.run",
-        "--standalone",
-        "--nproc_per_node=4",
-        "-m",
-        "swa_repro.train",
+    rows = [
+        {"experiment": "imagenet/resnet50_swa", "seed": s, "finished": s == 1} for s in range(3)
     ]
-    assert overrides == []
-    assert sweep.launch_command(8, ["hydra/launcher=slurm"]) == (
-        [sys.executable, "-m", "swa_repro.train"],
-        ["hydra.launcher.gpus_per_node=8", "hydra.launcher.tasks_per_node=8"],
-    )
-    assert sweep.launch_command(1, []) == ([sys.executable, "-m", "swa_repro.train"], [])
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
+    train_module = [sys.executable, "-m", "swa_repro.train"]
+    # several local GPUs: one torchrun per unfinished run
+    assert sweep.launch_commands(4, ["imagenet/resnet50_swa"], rows, Path("r"), ["x=1"]) == [
+        [*torchrun, "--nproc_per_node=4", "-m", "swa_repro.train",
+         "experiment=imagenet/resnet50_swa", f"seed={s}", "paths.runs=r", "x=1"]
+        for s in (0, 2)
+    ]  # fmt: skip
+    # SLURM: one multirun, the GPUs of a node as its tasks; one GPU: one multirun
+    slurm = ["hydra/launcher=slurm"]
+    assert sweep.launch_commands(8, ["imagenet/resnet50_swa"], rows, Path("r"), slurm) == [
+        [*train_module, "-m", "experiment=imagenet/resnet50_swa", "seed=0,1,2", "paths.runs=r",
+         *slurm, "hydra.launcher.gpus_per_node=8", "hydra.launcher.tasks_per_node=8"]
+    ]  # fmt: skip
+    assert sweep.launch_commands(1, ["a", "b"], rows, Path("r"), []) == [
+        [*train_module, "-m", "experiment=a,b", "seed=0,1,2", "paths.runs=r"]
+    ]
     # FLOPs of a Table 2 run: 10 epochs of 1.28M images, the pretrained model's evaluation,
-    # evaluations after epochs 1, 5, 10 for SGD and SWA, three full BN-refresh passes
+    # SGD and SWA evaluations after epochs 5 and 10, two full BN-refresh passes
     cfg = compose_config(["experiment=imagenet/resnet50_swa"])
     m = 4.1e9
-    expected = 6 * m * 1_281_167 * 10 + 2 * m * ((1 + 3 + 3) * 50_000 + 3 * 1_281_167)
+    expected = 6 * m * 1_281_167 * 10 + 2 * m * ((1 + 2 + 2) * 50_000 + 2 * 1_281_167)
     assert sweep.run_flops(cfg, m, 0) == pytest.approx(expected, rel=1e-12)
     cfg.bn_refresh_images = 100_000
-    expected = 6 * m * 1_281_167 * 10 + 2 * m * ((1 + 3 + 3) * 50_000 + 3 * 100_000)
+    expected = 6 * m * 1_281_167 * 10 + 2 * m * ((1 + 2 + 2) * 50_000 + 2 * 100_000)
     assert sweep.run_flops(cfg, m, 0) == pytest.approx(expected, rel=1e-12)
 
+    # the sweep goes on past a failing run, then reports its exit code
     launched = []
+
+    def run(cmd):
+        launched.append(cmd)
+        return subprocess.CompletedProcess(cmd, 3 if len(launched) == 1 else 0)
+
     monkeypatch.setattr(
         sweep, "macs_per_image", lambda name, classes, size: {"resnet50": 4.1e9}[name]
     )
-    monkeypatch.setattr(
-        sweep.subprocess,
-        "run",
-        lambda cmd: launched.append(cmd) or subprocess.CompletedProcess(cmd, 0),
-    )
-    sweep.main([
-        "table2", "--dataset", "imagenet", "--models", "resnet50", "--seeds", "0,1", "--gpus", "2",
-        "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--readme", str(tmp_path / "README.md"),
-        "--extra", "data.root=/datasets/imagenet",
-    ])  # fmt: skip
+    monkeypatch.setattr(sweep.subprocess, "run", run)
+    with pytest.raises(SystemExit) as exited:
+        sweep.main([
+            "table2", "--dataset", "imagenet", "--models", "resnet50", "--seeds", "0,1", "--gpus", "2",
+            "--runs", str(tmp_path / "runs"), "--out", str(tmp_path / "out"), "--readme", str(tmp_path / "README.md"),
+            "--extra", "data.root=/datasets/imagenet",
+        ])  # fmt: skip
+    assert exited.value.code == 3
     out = capsys.readouterr().out
     assert "2 of 2 runs left" in out and "h of wall time with 2 GPUs per run" in out
-    assert launched == [[
-        sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "swa_repro.train",
-        "-m", "experiment=imagenet/resnet50_swa", "seed=0,1", f"paths.runs={tmp_path / 'runs'}",
-        "data.root=/datasets/imagenet",
-    ]]  # fmt: skip
+    # on SLURM with 2 nodes of 8 GPUs: 16 processes per run
+    sweep.main([
+        "table2", "--dataset", "imagenet", "--models", "resnet50", "--seeds", "0", "--gpus", "8",
+        "--runs", str(tmp_path / "runs"), "--dry-run", "--extra", "hydra/launcher=slurm hydra.launcher.nodes=2",
+    ])  # fmt: skip
+    assert "h of wall time with 16 GPUs per run" in capsys.readouterr().out
+    assert [cmd[-4:-2] for cmd in launched] == [
+        ["experiment=imagenet/resnet50_swa", "seed=0"], ["experiment=imagenet/resnet50_swa", "seed=1"],
+    ]  # fmt: skip
     assert (tmp_path / "out" / "table2.md").is_file()
+
+
+def test_a_run_stopped_mid_epoch_resumes_exactly(image_folder, tmp_path):
+    """SIGTERM at the 2nd of 3 steps of epoch 2: the run checkpoints after that step and exits
+    75; the relaunch continues the DataLoader pass at step 3 and ends bitwise equal."""
+    overrides = tiny(image_folder)
+    whole = subprocess.run(
+        [sys.executable, "-m", "swa_repro.train", *overrides, f"paths.runs={tmp_path / 'whole'}"],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert whole.returncode == 0, whole.stderr[-2000:]
+    runs = f"paths.runs={tmp_path / 'stopped'}"
+    crash = [sys.executable, str(REPO / "tests/helpers/crash_run.py"), "step:5", "TERM", "--"]
+    stopped = subprocess.run(
+        [*crash, *overrides, runs], capture_output=True, text=True, cwd=REPO, timeout=300
+    )
+    assert stopped.returncode == 75 and "at epoch 2 step 2" in stopped.stderr
+    resumed = subprocess.run(
+        [sys.executable, "-m", "swa_repro.train", *overrides, runs],
+        capture_output=True, text=True, cwd=REPO, timeout=300,
+    )  # fmt: skip
+    assert (
+        resumed.returncode == 0
+        and "resuming" in resumed.stdout
+        and "epoch 2 step 3" in resumed.stdout
+    )
+    a, b = (
+        load_checkpoint(next((tmp_path / name).rglob("last.pt"))) for name in ("whole", "stopped")
+    )
+    for which in ("model", "swa_model"):
+        for key, value in a[which].items():
+            assert torch.equal(value, b[which][key]), (which, key)
+    metrics = [
+        json.loads(next((tmp_path / n).rglob("metrics.jsonl")).read_text().splitlines()[-1])
+        for n in ("whole", "stopped")
+    ]
+    assert metrics[0]["swa_test_nll"] == metrics[1]["swa_test_nll"]

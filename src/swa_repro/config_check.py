@@ -53,8 +53,9 @@ def validate_config(cfg) -> None:
     _positive_int(cfg.checkpoint.every, "checkpoint.every")
     if cfg.bn_refresh_images is not None:
         _positive_int(cfg.bn_refresh_images, "bn_refresh_images")
-    if not isinstance(cfg.eval_at_start, bool):
-        raise ConfigError(f"eval_at_start must be true or false, got {cfg.eval_at_start!r}")
+    for key in ("eval_at_start", "eval_first_epoch"):
+        if not isinstance(cfg[key], bool):
+            raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
     if cfg.optim.momentum < 0 or cfg.optim.weight_decay < 0:
         raise ConfigError("optim.momentum and optim.weight_decay must be >= 0")
     keep_every = cfg.checkpoint.keep_every

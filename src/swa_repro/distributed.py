@@ -25,7 +25,7 @@ from typing import TypeVar
 import torch
 import torch.distributed as torch_dist
 
-from swa_repro.config_check import resolve_device
+from swa_repro.config_check import ConfigError, resolve_device
 
 T = TypeVar("T")
 
@@ -71,6 +71,11 @@ class Distributed:
         """The device of this rank: cuda:<local rank> for auto/cuda when CUDA is there, else CPU."""
         if not self.enabled:
             return resolve_device(requested)
+        if requested.startswith("cuda:"):
+            raise ConfigError(
+                f"device={requested} with {self.world} processes: use device=cuda (or auto), "
+                "each process takes the GPU of its local rank"
+            )
         if requested == "auto":
             requested = "cuda" if torch.cuda.is_available() else "cpu"
         device = torch.device(requested)
@@ -122,6 +127,12 @@ class Distributed:
         if error is not None:
             raise error
         return result
+
+    def sync_buffers(self, model: torch.nn.Module) -> None:
+        """Give every rank rank 0's buffers (BN running statistics), as DDP does before a step."""
+        if self.enabled:
+            for buffer in model.buffers():
+                torch_dist.broadcast(buffer, src=0)
 
     def barrier(self) -> None:
         if self.enabled:

@@ -58,35 +58,36 @@ def evaluate(
         "nll": nll,
         "acc": acc,
         "err": 100.0 - acc,
-        "ece": float((bin_hits - bin_conf).abs().sum()) / n,  # = expected_calibration_error
+        "ece": ece_from_bins(bin_conf, bin_hits, n),
     }
 
 
 def batch_sums(nll_sum: torch.Tensor, conf: torch.Tensor, hits: torch.Tensor) -> torch.Tensor:
     """[nll sum, hits, count, per-bin confidence sums (15), per-bin hit sums (15)]."""
-    idx = ece_bin(conf)
-    conf, hits = conf.double(), hits.double()
-    per_bin = [
-        torch.zeros(ECE_BINS, dtype=torch.float64).index_add_(0, idx, values)
-        for values in (conf, hits)
-    ]
-    head = torch.stack([nll_sum.double(), hits.sum(), torch.tensor(float(len(conf)))])
-    return torch.cat([head, *per_bin])
+    head = torch.stack([nll_sum.double(), hits.double().sum(), torch.tensor(float(len(conf)))])
+    return torch.cat([head, *bin_sums(conf, hits)])
 
 
-def ece_bin(confidences: torch.Tensor, bins: int = ECE_BINS) -> torch.Tensor:
-    """Bin of each confidence: equal-width bins over (0, 1], an edge going to the lower bin."""
+def bin_sums(
+    confidences: torch.Tensor, hits: torch.Tensor, bins: int = ECE_BINS
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-bin sums of confidences and of hits; equal-width bins over (0, 1], a confidence on a
+    bin edge going to the lower bin."""
     edges = torch.linspace(0, 1, bins + 1, dtype=torch.float64)
-    return (torch.bucketize(confidences.double(), edges, right=False) - 1).clamp(0, bins - 1)
+    idx = (torch.bucketize(confidences.double(), edges, right=False) - 1).clamp(0, bins - 1)
+    return tuple(
+        torch.zeros(bins, dtype=torch.float64).index_add_(0, idx, values.double())
+        for values in (confidences, hits)
+    )
+
+
+def ece_from_bins(conf_sums: torch.Tensor, hit_sums: torch.Tensor, n: float) -> float:
+    """sum_b (n_b / N) |acc_b - conf_b| = sum_b |hits_b - sum of conf_b| / N."""
+    return float((hit_sums - conf_sums).abs().sum()) / n
 
 
 def expected_calibration_error(
     confidences: torch.Tensor, hits: torch.Tensor, bins: int = ECE_BINS
 ) -> float:
-    """ECE with `bins` equal-width bins over (0, 1]; a confidence on a bin edge goes to the lower bin:
-    sum_b (n_b / N) |acc_b - conf_b| = sum_b |hits_b - sum of conf_b| / N."""
-    idx = ece_bin(confidences, bins)
-    gaps = torch.zeros(bins, dtype=torch.float64).index_add_(
-        0, idx, hits.double() - confidences.double()
-    )
-    return float(gaps.abs().sum()) / len(confidences)
+    """ECE with `bins` equal-width bins over (0, 1] (see bin_sums)."""
+    return ece_from_bins(*bin_sums(confidences, hits, bins), len(confidences))

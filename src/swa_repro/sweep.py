@@ -8,7 +8,7 @@ Prints every run with its state (finished / partial / to do) and an estimate of 
 GPU-hours left, then launches `python -m swa_repro.train -m experiment=... seed=...`.
 Finished runs are skipped and partial ones resumed (stable run directories, resume=auto),
 so rerunning the same command only does what is missing. With --gpus N > 1 every run uses N
-processes: launched by torchrun on this machine, or as N SLURM tasks per job under
+processes: one torchrun per run on this machine, or N SLURM tasks per node of each job under
 hydra/launcher=slurm (more nodes: hydra.launcher.nodes=K in --extra). The estimate counts
 6 x MACs per trained image (forward + backward) and 2 x MACs per evaluated one (test
 sets, BN-refresh passes), at an assumed sustained --tflops; memory-bound models (the
@@ -91,6 +91,7 @@ def plan(experiments: list[str], seeds: list[int], runs: Path, extra: list[str])
 
 
 def print_plan(rows: list[dict], tflops: float, gpus: int = 1) -> None:
+    """The runs with their state and GPU-hours left; `gpus` per run for the wall time."""
     print(f"{'experiment':<34}{'seed':>5}  {'state':<24}{'GPU-h left':>10}")
     for r in rows:
         hours = r["flops_left"] / (tflops * 1e12) / 3600
@@ -104,18 +105,33 @@ def print_plan(rows: list[dict], tflops: float, gpus: int = 1) -> None:
     )
 
 
-def launch_command(gpus: int, extra: list[str]) -> tuple[list[str], list[str]]:
-    """(program, launcher overrides): `python -m swa_repro.train`, under torchrun for several
-    local GPUs; on SLURM (hydra/launcher=slurm in `extra`) the GPUs become tasks of each job."""
+def launch_commands(
+    gpus: int, experiments: list[str], rows: list[dict], runs: Path, extra: list[str]
+) -> list[list[str]]:
+    """The commands that run what is left.
+
+    One GPU per run, or SLURM (hydra/launcher=slurm in `extra`, the GPUs becoming tasks of each
+    job): one Hydra multirun over every cell. Several local GPUs: one torchrun per unfinished
+    run, so that a failing run (which ends all its processes) does not stop the others.
+    """
     train = [sys.executable, "-m", "swa_repro.train"]
-    if gpus == 1:
-        return train, []
-    if "hydra/launcher=slurm" in extra:
-        return train, [
-            f"hydra.launcher.gpus_per_node={gpus}", f"hydra.launcher.tasks_per_node={gpus}"
-        ]  # fmt: skip
+    everywhere = [f"paths.runs={runs}", *extra]
+    if gpus == 1 or "hydra/launcher=slurm" in extra:
+        seeds = sorted({r["seed"] for r in rows})
+        cells = [f"experiment={','.join(experiments)}", f"seed={','.join(map(str, seeds))}"]
+        tasks = (
+            [f"hydra.launcher.gpus_per_node={gpus}", f"hydra.launcher.tasks_per_node={gpus}"]
+            if gpus > 1
+            else []
+        )
+        return [[*train, "-m", *cells, *everywhere, *tasks]]
     torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone"]
-    return [*torchrun, f"--nproc_per_node={gpus}", "-m", "swa_repro.train"], []
+    return [
+        [*torchrun, f"--nproc_per_node={gpus}", "-m", "swa_repro.train",
+         f"experiment={r['experiment']}", f"seed={r['seed']}", *everywhere]
+        for r in rows
+        if not r["finished"]
+    ]  # fmt: skip
 
 
 @one_line_errors
@@ -150,21 +166,18 @@ def main(argv: list[str] | None = None) -> None:
         raise ConfigError(f"--gpus must be a positive integer, got {args.gpus}")
     experiments = experiments_of(args.table, args.dataset, models)
     rows = plan(experiments, seeds, args.runs, extra)
-    print_plan(rows, args.tflops, args.gpus)
+    nodes = [int(o.split("=", 1)[1]) for o in extra if o.startswith("hydra.launcher.nodes=")]
+    print_plan(rows, args.tflops, args.gpus * (nodes[-1] if nodes else 1))
     if args.dry_run:
         return
     returncode = 0
     if not all(r["finished"] for r in rows):
-        program, launcher_overrides = launch_command(args.gpus, extra)
-        command = [
-            *program, "-m", f"experiment={','.join(experiments)}",
-            f"seed={','.join(map(str, seeds))}", f"paths.runs={args.runs}", *extra,
-            *launcher_overrides,
-        ]  # fmt: skip
-        print("+ " + shlex.join(command), flush=True)
-        returncode = subprocess.run(command).returncode
-        if returncode != 0:
-            print(f"sweep stopped with exit code {returncode}; rerun the same command to continue")
+        for command in launch_commands(args.gpus, experiments, rows, args.runs, extra):
+            print("+ " + shlex.join(command), flush=True)
+            code = subprocess.run(command).returncode
+            if code != 0:
+                returncode = code
+                print(f"exit code {code}; rerun the same command to continue what is left")
     aggregate_args = [
         args.table,
         "--dataset",

@@ -101,8 +101,10 @@ def sgd_step(
 
 
 def is_eval_epoch(done: int, cfg: DictConfig, readings_at: dict[int, list[str]]) -> bool:
-    """Evaluate after epoch 1, every eval_every epochs, the last epoch and budget epochs (1-based)."""
-    return done == 1 or done % cfg.eval_every == 0 or done == cfg.epochs or done in readings_at
+    """Evaluate after epoch 1 (if eval_first_epoch), every eval_every epochs, the last epoch and
+    the budget epochs (1-based)."""
+    first = done == 1 and cfg.eval_first_epoch
+    return first or done % cfg.eval_every == 0 or done == cfg.epochs or done in readings_at
 
 
 def train(cfg: DictConfig, run_dir: str | Path, dist: Distributed | None = None) -> dict:
@@ -148,14 +150,12 @@ def choose_start_on_ranks(
 
 def build_model_on_ranks(cfg: DictConfig, num_classes: int, resumed, dist: Distributed):
     """The run's model. Pretrained weights (ImageNet) come from torchvision, rank 0 downloading
-    them first; a run that starts from a checkpoint takes its weights from there."""
+    them first (a failed download stops every rank); a run that starts from a checkpoint takes
+    its weights from there."""
     pretrained = cfg.model.get("pretrained") if resumed is None else None
-    if not dist.is_main:
-        dist.barrier()
-    model = build_model(cfg.model.name, num_classes, pretrained)
-    if dist.is_main:
-        dist.barrier()
-    return model
+    built: dict = {}
+    dist.agree(lambda: built.update(model=build_model(cfg.model.name, num_classes, pretrained)))
+    return built["model"] if dist.is_main else build_model(cfg.model.name, num_classes, pretrained)
 
 
 def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
@@ -168,6 +168,11 @@ def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
 
     # --- set-up: data on the device, model, averaged copy, optimiser, schedule -------------
     device = dist.device(cfg.device)
+    if dist.world > cfg.optim.batch_size:
+        raise ConfigError(
+            f"optim.batch_size={cfg.optim.batch_size} is the global batch: it must be at least "
+            f"the number of processes ({dist.world})"
+        )
     reduce = dist.all_reduce_sum if dist.enabled else None  # sums over the ranks' shares
     speed.set_backends()
     seed_everything(cfg.seed)
@@ -251,7 +256,7 @@ def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
         """What a checkpoint holds (called on every rank: the ranks' RNG states are gathered)."""
         rngs = dist.gather(capture_rng_state())
         if dist.enabled:
-            dist.assert_same(averaged_and_trained(model, swa_model), "the weights")
+            dist.assert_same(averaged_and_trained(model, swa_model), "the weights and buffers")
         return {
             "epoch": epoch,
             "step": step,
@@ -271,8 +276,7 @@ def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
     t_start = time.time()
     with StopRequest() as stop, closing(logger):
         if cfg.eval_at_start and not metrics:  # the starting model (ImageNet: the pretrained one)
-            record = {"epoch": start_epoch, "lr": schedule(start_epoch, 0, steps_per_epoch)}
-            record.update(prefixed("test_", test_metrics(model)))
+            record = {"epoch": start_epoch, **prefixed("test_", test_metrics(model))}
             readings["initial"] = budget_reading(record, "test_")
             metrics.append(record)
             if dist.is_main:
@@ -331,14 +335,19 @@ def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
                     )
                 if stopping:  # checkpoint mid-epoch (the losses up to here were just checked)
                     totals = epoch_totals(loss_sum, correct, seen, reduce)
+                    dist.sync_buffers(model)
                     state = checkpoint_state(epoch, step + 1)
                     if dist.is_main:
                         files.save_rolling(state)
+                    dist.barrier()  # no rank exits (and gets the others killed) before it is written
                     stop.handover()
                     raise Preempted(
-                        f"stopped by signal {stop.signum} at epoch {epoch + 1} step {step + 1}"
+                        f"stopped by {stop_cause(stop)} at epoch {epoch + 1} step {step + 1}"
                     )
             bar.close()
+            # BN buffers: every rank takes rank 0's (what DDP hands out at each step and what
+            # checkpoints save), so all evaluate the same model
+            dist.sync_buffers(model)
             check_weights(model, epoch, files)
             total_loss, total_correct, total_seen = epoch_totals(loss_sum, correct, seen, reduce)
             train_loss, train_acc = total_loss / total_seen, 100.0 * total_correct / total_seen
@@ -398,14 +407,15 @@ def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
                 or stopping
             ):
                 state = checkpoint_state(done, 0)
-                # A kept epoch is written before the rolling save: a crash between them must not lose it.
-                if dist.is_main and done in keep_epochs:
-                    files.save_kept(state, done)
                 if dist.is_main:
+                    # A kept epoch is written before the rolling save: a crash between them must not lose it.
+                    if done in keep_epochs:
+                        files.save_kept(state, done)
                     files.save_rolling(state)
             if stopping and done < cfg.epochs:
+                dist.barrier()  # no rank exits (and gets the others killed) before it is written
                 stop.handover()
-                raise Preempted(f"stopped by signal {stop.signum} after epoch {done}")
+                raise Preempted(f"stopped by {stop_cause(stop)} after epoch {done}")
 
         summary = make_summary(
             cfg,
@@ -460,6 +470,11 @@ def budget_reading(record: dict, source: str) -> dict:
     return reading
 
 
+def stop_cause(stop: StopRequest) -> str:
+    """The stop signal this process received; in a distributed run possibly another's."""
+    return f"signal {stop.signum}" if stop.signum is not None else "a stop signal to another rank"
+
+
 def epoch_totals(loss_sum, correct, seen, reduce) -> list:
     """[loss sum, correct, images] of the epoch so far, over all ranks."""
     totals = torch.stack(
@@ -476,32 +491,34 @@ def epoch_totals(loss_sum, correct, seen, reduce) -> list:
 
 
 def averaged_and_trained(model, swa_model) -> list[torch.Tensor]:
-    """The tensors every rank must hold identically: the trained and the averaged parameters."""
-    tensors = list(model.parameters())
+    """The tensors every rank must hold identically: the trained and the averaged weights, and
+    the trained model's buffers (BN statistics, synchronised from rank 0)."""
+    tensors = [*model.parameters(), *model.buffers()]
     return tensors + (list(swa_model.parameters()) if swa_model is not None else [])
 
 
 def check_losses(
     losses: list[torch.Tensor],
     epoch: int,
-    last_step: int,
+    step: int,
     files: RunFiles,
     dist: Distributed,
     device: torch.device,
 ) -> None:
-    """Stop on a NaN/Inf loss: on every rank when any rank sees one (else the others would hang)."""
+    """Stop on a NaN/Inf among the losses of the steps up to `step`: on every rank when any rank
+    sees one (else the others would wait for it)."""
     values = torch.stack(losses).float().cpu()
     bad = (~torch.isfinite(values)).nonzero()
     if dist.any(bool(len(bad)), device) and not len(bad):
         raise NonFiniteError(
-            f"non-finite loss on another rank at epoch {epoch + 1} by step {last_step + 1}; stopping. "
+            f"non-finite loss on another rank at epoch {epoch + 1} by step {step + 1}; stopping. "
             f"Last good checkpoint: {files.latest_description()}"
         )
     if len(bad):
         i = int(bad[0])
-        step = last_step - len(losses) + 1 + i
+        first_bad = step - len(losses) + 1 + i
         raise NonFiniteError(
-            f"loss is {values[i].item()} at epoch {epoch + 1} step {step + 1}; stopping. "
+            f"loss is {values[i].item()} at epoch {epoch + 1} step {first_bad + 1}; stopping. "
             f"Last good checkpoint: {files.latest_description()}"
         )
 
@@ -590,8 +607,9 @@ def main(cfg: DictConfig) -> None:
             files.clear_failure()
     except (ConfigError, DataError, CheckpointError, NonFiniteError) as exc:
         code = EXIT_NON_FINITE if isinstance(exc, NonFiniteError) else EXIT_USER_ERROR
-        if dist.is_main:
-            print(f"error: {exc}", file=sys.stderr)
+        # every rank says it: an error may be one rank's own (an unreadable image it was given)
+        rank = f"rank {dist.rank}: " if dist.enabled else ""
+        print(f"error: {rank}{exc}", file=sys.stderr)
         # Mark the run failed if it diverged or never started; a refused relaunch of a healthy
         # run (other config, directory in use) leaves that run as it is.
         if dist.is_main and (
@@ -599,11 +617,16 @@ def main(cfg: DictConfig) -> None:
             or not (files.candidates() or isinstance(exc, RunInUseError))
         ):
             files.record_failure(str(exc), code)
-        if hydra_cfg.mode == RunMode.MULTIRUN:
+        if hydra_cfg.mode == RunMode.MULTIRUN and not dist.enabled:
             return  # the other cells of the sweep go on; this one is reported as failed
+        # Several processes: exit, so the launcher (torchrun; SLURM with SLURM_KILL_BAD_EXIT)
+        # ends the others, which may be waiting for this one.
         sys.exit(code)
     except Preempted as exc:
-        print(f"{exc}; checkpoint written, relaunch the same command to resume", file=sys.stderr)
+        if dist.is_main:
+            print(
+                f"{exc}; checkpoint written, relaunch the same command to resume", file=sys.stderr
+            )
         sys.exit(EXIT_PREEMPTED)
 
 

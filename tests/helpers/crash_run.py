@@ -1,6 +1,6 @@
 """Run `python -m swa_repro.train` with a trigger planted at a precise point of the run.
 
-    python tests/helpers/crash_run.py POINT:N ACTION [--marker FILE] -- <hydra overrides>
+    python tests/helpers/crash_run.py POINT:N ACTION [--marker FILE] [--rank R] -- <hydra overrides>
 
 POINT (the N-th occurrence, 1-based, counted over this process):
     step     a training step: the N-th call of F.cross_entropy with grad enabled
@@ -16,6 +16,7 @@ ACTION:
              send that signal to itself and carry on (the run checkpoints and exits 75)
     wait     touch --marker FILE, then block until a stop signal sent from outside has been
              recorded by the run's StopRequest, and carry on
+--rank R: under torchrun, fire in the process of rank R only (default: every process)
 """
 
 from __future__ import annotations
@@ -36,23 +37,26 @@ import swa_repro.train
 WAIT_LIMIT_S = 60.0
 
 
-def parse(argv: list[str]) -> tuple[str, int, str, Path | None, list[str]]:
+def parse(argv: list[str]) -> tuple[str, int, str, Path | None, str | None, list[str]]:
     split = argv.index("--")
     head, overrides = argv[:split], argv[split + 1 :]
     point, n = head[0].split(":")
     action = head[1]
     marker = Path(head[head.index("--marker") + 1]) if "--marker" in head else None
+    rank = head[head.index("--rank") + 1] if "--rank" in head else None
     if point not in ("step", "bn", "write", "rename"):
         raise SystemExit(f"crash_run: unknown point {point!r}")
     if action not in ("kill", "TERM", "USR1", "USR2", "wait"):
         raise SystemExit(f"crash_run: unknown action {action!r}")
     if action == "wait" and marker is None:
         raise SystemExit("crash_run: wait needs --marker FILE")
-    return point, int(n), action, marker, overrides
+    return point, int(n), action, marker, rank, overrides
 
 
 def main() -> None:
-    point, target, action, marker, overrides = parse(sys.argv[1:])
+    point, target, action, marker, rank, overrides = parse(sys.argv[1:])
+    if rank is not None and os.environ.get("RANK", "0") != rank:
+        target = -1  # another rank's trigger: never fires here
     stops: list = []
 
     class RecordingStopRequest(swa_repro.train.StopRequest):

@@ -96,28 +96,25 @@ class SeededImages(Dataset):
         index, pass_seed = key
         path, label = self.folder.samples[index]
         image = self.folder.loader(path)
-        with torch.random.fork_rng(devices=[]):  # torchvision's transforms draw from torch's RNG
-            torch.manual_seed(derive_seed(pass_seed, index))
+        # torchvision's transforms draw from torch's CPU generator: seed it for this image only
+        with torch.random.fork_rng(devices=[]):
+            torch.default_generator.manual_seed(derive_seed(pass_seed, index))
             return self.transform(image), label
 
 
 class KeyedBatches:
-    """Batch sampler: this rank's part of each global batch of a pass, as (index, pass_seed) keys."""
+    """Batch sampler: batches of image indices as (index, pass_seed) keys for SeededImages."""
 
-    def __init__(self, batching: GlobalBatches, order, pass_seed, start_step, limit):
-        self.batching, self.order, self.pass_seed = batching, order, pass_seed
-        self.start_step, self.limit = start_step, limit
-
-    def __len__(self) -> int:
-        return self.batching.steps(self.limit) - self.start_step
+    def __init__(self, batches: Iterator[torch.Tensor], pass_seed: int):
+        self.batches, self.pass_seed = batches, pass_seed
 
     def __iter__(self):
-        for part in self.batching.rank_parts(self.order, self.start_step, self.limit):
-            yield [(int(i), self.pass_seed) for i in part]
+        for batch in self.batches:
+            yield [(int(i), self.pass_seed) for i in batch]
 
 
 class FolderStream(GlobalBatches):
-    """Shuffled, augmented, normalised training batches from an ImageFolder (this rank's part)."""
+    """Shuffled, augmented, normalised training batches from an ImageFolder, for this rank."""
 
     def __init__(self, images: SeededImages, batch_size, normalize, seed, rank, world, workers):
         super().__init__(len(images), batch_size, rank, world)
@@ -127,15 +124,25 @@ class FolderStream(GlobalBatches):
         return self.steps()
 
     def batches(
-        self, purpose: str, epoch: int, start_step: int = 0, limit: int | None = None
+        self,
+        purpose: str,
+        epoch: int,
+        start_step: int = 0,
+        limit: int | None = None,
+        whole_batches: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """As TrainStream.batches: this rank's parts of the global batches from start_step, or
+        (whole_batches) its whole batches of the first `limit` images."""
         pass_seed = derive_seed(self.seed, purpose, epoch)
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(pass_seed))
-        sampler = KeyedBatches(self, order, pass_seed, start_step, limit)
+        indices = (
+            self.rank_batches(order, limit) if whole_batches else self.rank_parts(order, start_step)
+        )
+        sampler = KeyedBatches(indices, pass_seed)
         yield from device_batches(self.images, self.workers, self.normalize, batch_sampler=sampler)
 
     def inputs(self, purpose: str, epoch: int, limit: int | None = None) -> Iterator[torch.Tensor]:
-        return (x for x, _ in self.batches(purpose, epoch, limit=limit))
+        return (x for x, _ in self.batches(purpose, epoch, limit=limit, whole_batches=True))
 
 
 class FolderData:
@@ -168,7 +175,13 @@ class FolderData:
 def device_batches(dataset, workers: int, normalize: Normalizer, **batching):
     """A DataLoader's batches, normalised on the device; a worker's DataError as its one line."""
     device = normalize.mean.device
-    batches = DataLoader(dataset, num_workers=workers, pin_memory=device.type == "cuda", **batching)
+    batches = DataLoader(
+        dataset,
+        num_workers=workers,
+        pin_memory=device.type == "cuda",
+        generator=torch.Generator(),  # its worker seeds must not draw from the global generator
+        **batching,
+    )
     try:
         for images, labels in batches:
             images = images.to(device, non_blocking=True)

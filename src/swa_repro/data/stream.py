@@ -66,39 +66,45 @@ class Normalizer:
 
 
 class GlobalBatches:
-    """The batches of one pass over n images, each split between the ranks of a run.
+    """The batches of one pass over n images, shared between the ranks of a run.
 
-    A batch of `batch_size` (the global batch: the same numbers for any GPU count) is cut into
-    `world` contiguous parts, sizes differing by at most one, and rank r takes part r. The last
-    batch is short (n = 390 x 128 + 80 for CIFAR), as with the authors' DataLoader; with more
-    than one rank a last batch of fewer than `world` images is dropped (a rank would get none).
-    `limit` caps a pass at its first `limit` images (a partial BN refresh).
+    Training: a batch of `batch_size` (the global batch: the same numbers for any GPU count) is
+    cut into `world` contiguous parts, sizes differing by at most one, and rank r takes part r
+    (`rank_parts`). The last batch is short (n = 390 x 128 + 80 for CIFAR), as with the authors'
+    DataLoader; with more than one rank a last batch of fewer than `world` images is dropped (a
+    rank would get none).
+    BN refresh: rank r takes the whole batches r, r + world, ... (`rank_batches`), so every
+    batch statistic is that of a full batch, as in one process; `limit` caps the pass at its
+    first `limit` images.
     """
 
     def __init__(self, n: int, batch_size: int, rank: int = 0, world: int = 1):
         self.n, self.batch_size, self.rank, self.world = n, batch_size, rank, world
 
-    def steps(self, limit: int | None = None) -> int:
-        n = self.n if limit is None else min(limit, self.n)
-        steps, rest = -(-n // self.batch_size), n % self.batch_size
+    def steps(self) -> int:
+        """Training steps of a pass."""
+        steps, rest = -(-self.n // self.batch_size), self.n % self.batch_size
         return steps - 1 if self.world > 1 and 0 < rest < self.world else steps
 
     def step_size(self, step: int) -> int:
-        """Images in global batch `step` (over all ranks)."""
+        """Images in the global training batch `step` (over all ranks)."""
         return min(self.batch_size, self.n - step * self.batch_size)
 
-    def rank_parts(
-        self, order: torch.Tensor, start_step: int = 0, limit: int | None = None
-    ) -> Iterator[torch.Tensor]:
+    def rank_parts(self, order: torch.Tensor, start_step: int = 0) -> Iterator[torch.Tensor]:
         """This rank's part of each global batch of the permutation `order`, from start_step."""
-        n = self.n if limit is None else min(limit, self.n)
-        for step in range(start_step, self.steps(limit)):
-            batch = order[step * self.batch_size : min((step + 1) * self.batch_size, n)]
+        for step in range(start_step, self.steps()):
+            batch = order[step * self.batch_size : (step + 1) * self.batch_size]
             yield batch.tensor_split(self.world)[self.rank]
+
+    def rank_batches(self, order: torch.Tensor, limit: int | None = None) -> Iterator[torch.Tensor]:
+        """This rank's whole batches of the first `limit` images of `order` (None: all)."""
+        n = self.n if limit is None else min(limit, self.n)
+        for start in range(self.rank * self.batch_size, n, self.world * self.batch_size):
+            yield order[start : min(start + self.batch_size, n)]
 
 
 class TrainStream(GlobalBatches):
-    """Shuffled, augmented, normalised batches of a training split (this rank's part of each)."""
+    """Shuffled, augmented, normalised batches of a training split, for this rank."""
 
     def __init__(
         self,
@@ -118,19 +124,30 @@ class TrainStream(GlobalBatches):
         return self.steps()
 
     def batches(
-        self, purpose: str, epoch: int, start_step: int = 0, limit: int | None = None
+        self,
+        purpose: str,
+        epoch: int,
+        start_step: int = 0,
+        limit: int | None = None,
+        whole_batches: bool = False,
     ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(inputs, labels) for one pass; (purpose, epoch) picks the draws, start_step skips ahead."""
+        """(inputs, labels) for one pass; (purpose, epoch) picks the draws, start_step skips ahead.
+        whole_batches: this rank's whole batches of the first `limit` images (the BN refresh)."""
         plan = plan_epoch(
             len(self.labels), derive_seed(self.seed, purpose, epoch), self.images.device
         )
-        for idx in self.rank_parts(plan.order, start_step, limit):
+        indices = (
+            self.rank_batches(plan.order, limit)
+            if whole_batches
+            else self.rank_parts(plan.order, start_step)
+        )
+        for idx in indices:
             crops = crop_flip(self.images[idx], plan.dx[idx], plan.dy[idx], plan.flip[idx])
             yield self.normalize(crops), self.labels[idx]
 
     def inputs(self, purpose: str, epoch: int, limit: int | None = None) -> Iterator[torch.Tensor]:
-        """Inputs only (for the BN refresh), of the first `limit` images (None: all)."""
-        return (x for x, _ in self.batches(purpose, epoch, limit=limit))
+        """Inputs of this rank's whole batches, of the first `limit` images (the BN refresh)."""
+        return (x for x, _ in self.batches(purpose, epoch, limit=limit, whole_batches=True))
 
 
 def eval_batches(
