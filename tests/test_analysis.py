@@ -1,5 +1,6 @@
 """Figure analyses (plane, line, rays, FGE, trajectory, CLI) on a tiny synthetic SWA run, on CPU."""
 
+import contextlib
 import json
 import os
 import subprocess
@@ -135,6 +136,24 @@ def test_plane_grid_nodes_and_metrics(ctx, points, tmp_path):
         assert np.isfinite(saved[m]).all()
 
 
+@contextlib.contextmanager
+def interrupted_after(points: int, ctx, monkeypatch):
+    """ctx.evaluate raises KeyboardInterrupt once `points` points were evaluated (one at a time)."""
+    evaluate, calls = ctx.evaluate, []
+
+    def interrupted(vector):
+        if len(calls) == points:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return evaluate(vector)
+
+    monkeypatch.setattr(ctx, "evaluate", interrupted)
+    try:
+        yield
+    finally:
+        monkeypatch.undo()
+
+
 def test_plane_resumes_to_identical_arrays_and_refuses_other_inputs(
     ctx, points, tmp_path, monkeypatch
 ):
@@ -144,18 +163,8 @@ def test_plane_resumes_to_identical_arrays_and_refuses_other_inputs(
     full = compute_plane(ctx, w0, w1, w2, {}, tmp_path / "full.npz", 4, 1.0, **one)
 
     out = tmp_path / "partial.npz"
-    evaluate, calls = ctx.evaluate, []
-
-    def interrupted(vector):
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return evaluate(vector)
-
-    monkeypatch.setattr(ctx, "evaluate", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after(5, ctx, monkeypatch), pytest.raises(KeyboardInterrupt):
         compute_plane(ctx, w0, w1, w2, {}, out, 4, 1.0, **one)
-    monkeypatch.undo()
     partial = _load(out)
     assert partial["done"].sum() == 5 and partial["done"].ravel()[:5].all()
     assert np.isnan(partial["test_err"][~partial["done"]]).all()
@@ -248,18 +257,8 @@ def test_chunked_grid_resumes_after_the_last_saved_chunk(ctx, points, tmp_path, 
 def test_points_per_pass_is_not_an_input(ctx, points, plane_one_by_one, tmp_path, monkeypatch):
     """A plane started one point per pass resumes with chunks of 4 under the same inputs_hash."""
     out = tmp_path / "plane.npz"
-    evaluate, calls = ctx.evaluate, []
-
-    def interrupted(vector):
-        if len(calls) == 5:
-            raise KeyboardInterrupt
-        calls.append(1)
-        return evaluate(vector)
-
-    monkeypatch.setattr(ctx, "evaluate", interrupted)
-    with pytest.raises(KeyboardInterrupt):
+    with interrupted_after(5, ctx, monkeypatch), pytest.raises(KeyboardInterrupt):
         compute_plane(ctx, *points, {}, out, **GRID, points_per_pass=1)
-    monkeypatch.undo()
     started = _load(out)
     assert started["done"].sum() == 5
 

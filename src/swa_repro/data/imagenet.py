@@ -120,19 +120,7 @@ class FolderStream(GlobalBatches):
         super().__init__(len(images), batch_size, rank, world)
         self.images, self.normalize, self.seed, self.workers = images, normalize, seed, workers
 
-    def __len__(self) -> int:
-        return self.steps()
-
-    def batches(
-        self,
-        purpose: str,
-        epoch: int,
-        start_step: int = 0,
-        limit: int | None = None,
-        whole_batches: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """As TrainStream.batches: this rank's parts of the global batches from start_step, or
-        (whole_batches) its whole batches of the first `limit` images."""
+    def batches(self, purpose, epoch, start_step=0, limit=None, whole_batches=False):
         pass_seed = derive_seed(self.seed, purpose, epoch)
         order = torch.randperm(self.n, generator=torch.Generator().manual_seed(pass_seed))
         indices = (
@@ -140,9 +128,6 @@ class FolderStream(GlobalBatches):
         )
         sampler = KeyedBatches(indices, pass_seed)
         yield from device_batches(self.images, self.workers, self.normalize, batch_sampler=sampler)
-
-    def inputs(self, purpose: str, epoch: int, limit: int | None = None) -> Iterator[torch.Tensor]:
-        return (x for x, _ in self.batches(purpose, epoch, limit=limit, whole_batches=True))
 
 
 class FolderData:

@@ -102,6 +102,26 @@ class GlobalBatches:
         for start in range(self.rank * self.batch_size, n, self.world * self.batch_size):
             yield order[start : min(start + self.batch_size, n)]
 
+    def __len__(self) -> int:
+        return self.steps()
+
+    def batches(
+        self,
+        purpose: str,
+        epoch: int,
+        start_step: int = 0,
+        limit: int | None = None,
+        whole_batches: bool = False,
+    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+        """(inputs, labels) for one pass: this rank's parts of the global batches from
+        start_step, or (whole_batches) its whole batches of the first `limit` images.
+        (purpose, epoch) picks the draws."""
+        raise NotImplementedError
+
+    def inputs(self, purpose: str, epoch: int, limit: int | None = None) -> Iterator[torch.Tensor]:
+        """Inputs of this rank's whole batches, of the first `limit` images (the BN refresh)."""
+        return (x for x, _ in self.batches(purpose, epoch, limit=limit, whole_batches=True))
+
 
 class TrainStream(GlobalBatches):
     """Shuffled, augmented, normalised batches of a training split, for this rank."""
@@ -120,19 +140,7 @@ class TrainStream(GlobalBatches):
         self.images, self.labels = images, labels
         self.normalize, self.seed = normalize, seed
 
-    def __len__(self) -> int:
-        return self.steps()
-
-    def batches(
-        self,
-        purpose: str,
-        epoch: int,
-        start_step: int = 0,
-        limit: int | None = None,
-        whole_batches: bool = False,
-    ) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-        """(inputs, labels) for one pass; (purpose, epoch) picks the draws, start_step skips ahead.
-        whole_batches: this rank's whole batches of the first `limit` images (the BN refresh)."""
+    def batches(self, purpose, epoch, start_step=0, limit=None, whole_batches=False):
         plan = plan_epoch(
             len(self.labels), derive_seed(self.seed, purpose, epoch), self.images.device
         )
@@ -144,10 +152,6 @@ class TrainStream(GlobalBatches):
         for idx in indices:
             crops = crop_flip(self.images[idx], plan.dx[idx], plan.dy[idx], plan.flip[idx])
             yield self.normalize(crops), self.labels[idx]
-
-    def inputs(self, purpose: str, epoch: int, limit: int | None = None) -> Iterator[torch.Tensor]:
-        """Inputs of this rank's whole batches, of the first `limit` images (the BN refresh)."""
-        return (x for x, _ in self.batches(purpose, epoch, limit=limit, whole_batches=True))
 
 
 def eval_batches(
