@@ -16,6 +16,7 @@ Only rank 0 writes files and logs.
 
 from __future__ import annotations
 
+import atexit
 import datetime
 import hashlib
 import os
@@ -65,6 +66,8 @@ class Distributed:
             on_gpu = dist.device(device).type == "cuda"  # sets this process's GPU first
             backend = "nccl" if on_gpu else "gloo"
             torch_dist.init_process_group(backend, timeout=datetime.timedelta(minutes=timeout_min))
+            # Leave the group before the interpreter tears down its threads (else: an abort)
+            atexit.register(torch_dist.destroy_process_group)
         return dist
 
     def device(self, requested: str) -> torch.device:
