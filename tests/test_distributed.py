@@ -143,6 +143,21 @@ def test_a_preempted_distributed_run_resumes_exactly(tmp_path):
         assert all(torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True)), which
 
 
+def test_an_error_on_one_rank_ends_every_rank_and_the_run_resumes(tmp_path):
+    """Rank 1 alone fails at its 3rd step (as on an unreadable image): it reports the error with
+    its rank and exits, the launcher ends rank 0, and a relaunch resumes from the last checkpoint."""
+    overrides = [*SYNTHETIC, f"paths.runs={tmp_path}"]
+    crash = [str(HELPERS / "crash_run.py"), "step:13", "fail", "--rank", "1", "--"]
+    failed = launch(2, overrides, script=crash)  # 10 steps per epoch: fails in epoch 2
+    assert failed.returncode != 0
+    assert "error: rank 1: planted failure" in failed.stderr
+    last = tmp_path / "synthetic/small_cnn/swa/seed0/checkpoints/last.pt"
+    assert load_checkpoint(last)["epoch"] == 1
+    resumed = launch(2, overrides)
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert "resuming" in resumed.stdout and "at epoch 2 from" in resumed.stdout
+
+
 def check_swa_bn_refresh(run: Path) -> None:
     """The checkpointed SWA BN statistics = a single-process refresh of the checkpointed average
     over the run's last BN-refresh stream."""

@@ -16,6 +16,7 @@ ACTION:
              send that signal to itself and carry on (the run checkpoints and exits 75)
     wait     touch --marker FILE, then block until a stop signal sent from outside has been
              recorded by the run's StopRequest, and carry on
+    fail     raise a DataError ("planted failure"), as an unreadable image would
 --rank R: under torchrun, fire in the process of rank R only (default: every process)
 """
 
@@ -46,7 +47,7 @@ def parse(argv: list[str]) -> tuple[str, int, str, Path | None, str | None, list
     rank = head[head.index("--rank") + 1] if "--rank" in head else None
     if point not in ("step", "bn", "write", "rename"):
         raise SystemExit(f"crash_run: unknown point {point!r}")
-    if action not in ("kill", "TERM", "USR1", "USR2", "wait"):
+    if action not in ("kill", "TERM", "USR1", "USR2", "wait", "fail"):
         raise SystemExit(f"crash_run: unknown action {action!r}")
     if action == "wait" and marker is None:
         raise SystemExit("crash_run: wait needs --marker FILE")
@@ -67,6 +68,8 @@ def main() -> None:
     swa_repro.train.StopRequest = RecordingStopRequest
 
     def fire() -> None:
+        if action == "fail":
+            raise swa_repro.train.DataError("planted failure")
         if action == "kill":
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
