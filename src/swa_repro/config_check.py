@@ -114,12 +114,13 @@ def _check_pretrained(model: str, weights: str | None, num_classes: int) -> None
         )
     import torchvision
 
-    valid = [w.name for w in torchvision.models.get_model_weights(model)]
+    enum = torchvision.models.get_model_weights(model)
+    valid = [w.name for w in enum]
     if weights not in valid:
         raise ConfigError(
             f"unknown model.pretrained '{weights}' for {model}; valid names: {', '.join(valid)}"
         )
-    classes = len(torchvision.models.get_model_weights(model)[weights].meta["categories"])
+    classes = len(enum[weights].meta["categories"])
     if num_classes != classes:
         raise ConfigError(
             f"model.pretrained={weights} has {classes} classes but data.num_classes={num_classes}"

@@ -92,7 +92,8 @@ class Distributed:
         """DistributedDataParallel around `model` (which keeps its own, unprefixed state_dict)."""
         if not self.enabled:
             return model
-        device_ids = [model_device(model)] if model_device(model).type == "cuda" else None
+        device = next(model.parameters()).device
+        device_ids = [device] if device.type == "cuda" else None
         return torch.nn.parallel.DistributedDataParallel(model, device_ids=device_ids)
 
     def all_reduce_sum(self, tensor: torch.Tensor) -> torch.Tensor:
@@ -153,10 +154,6 @@ class Distributed:
         digests = self.gather(digest.hexdigest())
         if len(set(digests)) > 1:
             raise RanksDisagree(f"{what} differ between ranks (digests {digests})")
-
-
-def model_device(model: torch.nn.Module) -> torch.device:
-    return next(model.parameters()).device
 
 
 def _submitit_tasks() -> int:
