@@ -94,7 +94,7 @@ class GlobalBatches:
         """This rank's part of each global batch of the permutation `order`, from start_step."""
         for step in range(start_step, self.steps()):
             batch = order[step * self.batch_size : (step + 1) * self.batch_size]
-            yield batch.tensor_split(self.world)[self.rank]
+            yield batch[rank_share(len(batch), self.rank, self.world)]
 
     def rank_batches(self, order: torch.Tensor, limit: int | None = None) -> Iterator[torch.Tensor]:
         """This rank's whole batches of the first `limit` images of `order` (None: all)."""
