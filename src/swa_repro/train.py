@@ -273,6 +273,7 @@ def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
             "logger_run_id": logger.run_id,
         }
 
+    show_progress = cfg.progress and dist.is_main
     t_start = time.time()
     with StopRequest() as stop, closing(logger):
         if cfg.eval_at_start and not metrics:  # the starting model (ImageNet: the pretrained one)
@@ -304,9 +305,7 @@ def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
                 initial=first_step,
                 desc=f"epoch {epoch + 1}/{cfg.epochs}",
                 leave=False,
-                disable=None
-                if cfg.progress and dist.is_main
-                else True,  # None: off when not a terminal
+                disable=None if show_progress else True,  # None: off when not a terminal
                 dynamic_ncols=True,
             )
             for step, (inputs, labels) in enumerate(bar, start=first_step):
