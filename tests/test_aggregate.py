@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from swa_repro import aggregate, sweep
+from swa_repro import aggregate, bench, sweep
 from swa_repro.aggregate import Cell, build_table
 from swa_repro.train import CONF_DIR, compose_config
 
@@ -577,7 +577,7 @@ def test_run_flops_hand_computation():
     assert sweep.run_flops(demo, m, 0) == pytest.approx(expected, rel=1e-12)
 
 
-ROW = re.compile(r"^(\S+)\s+(\d+)  (.+?)\s+(\d+\.\d\d)$")
+ROW = re.compile(r"^(\S+)\s+(\d+)  (.+?)\s+(\d+\.\d\d)  (.+)$")
 
 
 def dry_run(runs: Path, capsys, monkeypatch, macs) -> tuple[list[tuple], str]:
@@ -587,9 +587,11 @@ def dry_run(runs: Path, capsys, monkeypatch, macs) -> tuple[list[tuple], str]:
     monkeypatch.setattr(sweep.subprocess, "run", no_launch)
     monkeypatch.setattr(sweep.aggregate, "main", no_launch)
     monkeypatch.setattr(sweep, "macs_per_image", lambda name, classes, size: macs[(name, classes)])
-    sweep.main(["table1", "--dataset", "cifar100", "--dry-run", "--runs", str(runs)])
+    sweep.main(
+        ["table1", "--dataset", "cifar100", "--dry-run", "--runs", str(runs), "--bench", "none"]
+    )
     lines = capsys.readouterr().out.splitlines()
-    assert lines[0].split() == ["experiment", "seed", "state", "GPU-h", "left"]
+    assert lines[0].split() == ["experiment", "seed", "state", "GPU-h", "left", "estimate"]
     rows = [ROW.match(line).groups() for line in lines[1:-1]]
     return rows, lines[-1]
 
@@ -605,6 +607,7 @@ def test_sweep_dry_run_plan(tmp_path, capsys, monkeypatch, macs):
     ]
     assert all(r[2] == "to do" for r in rows)
     assert all(float(r[3]) > 0 for r in rows)
+    assert all(r[4] == "FLOPs at 30 TFLOP/s" for r in rows)
     hours = float(re.search(r"about ([\d.]+) GPU-hours", total).group(1))
     assert total.startswith("24 of 24 runs left")
     assert hours == pytest.approx(sum(float(r[3]) for r in rows), abs=0.1)
@@ -621,13 +624,77 @@ def test_sweep_dry_run_plan(tmp_path, capsys, monkeypatch, macs):
     before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
     rows, total = dry_run(runs, capsys, monkeypatch, macs)
     states = {(r[0], r[1]): r for r in rows}
-    assert states[("cifar100/vgg16_sgd", "1")][2:] == ("finished", "0.00")
+    assert states[("cifar100/vgg16_sgd", "1")][2:4] == ("finished", "0.00")
     partial = states[("cifar100/preresnet164_swa", "2")]
     assert partial[2] == "running (epoch 40/225)"
     assert 0 < float(partial[3]) < float(states[("cifar100/preresnet164_swa", "0")][3])
     assert sum(r[2] == "to do" for r in rows) == 22
     assert total.startswith("23 of 24 runs left")
     assert sorted(p.relative_to(runs) for p in runs.rglob("*")) == before
+
+
+@pytest.fixture(scope="module")
+def cpu_bench(tmp_path_factory) -> Path:
+    """A real benchmark JSON: the demo model, faithful, at a tiny size on this CPU."""
+    out = tmp_path_factory.mktemp("bench") / "bench.json"
+    args = ["--size=tiny", "--repeats=1", "--ref-workers=1", "--speed=faithful", f"--out={out}"]
+    bench.run(args, log=lambda line: None)
+    return out
+
+
+def test_plan_estimates_from_measured_throughput(cpu_bench, tmp_path, capsys):
+    rates = {
+        k: v["ours"]
+        for k, v in json.loads(cpu_bench.read_text())["models"]["small_cnn"]["measurements"].items()
+    }
+    loaded = sweep.load_bench(str(cpu_bench))
+    experiments = sweep.experiments_of("table1", "synthetic", ["small_cnn"])
+    rows = sweep.plan(experiments, [0], tmp_path / "runs", [], 30.0, loaded)
+    swa = next(r for r in rows if r["experiment"] == "synthetic/small_cnn_swa")
+    # synthetic SWA (see test_run_flops_hand_computation): 30 epochs of 5000 images, 26 test
+    # evaluations of 2000, 9 BN refreshes of 5000
+    seconds = (
+        30 * 5000 / rates["train_images_per_s"]
+        + 26 * 2000 / rates["eval_images_per_s"]
+        + 9 * 5000 / rates["bn_refresh_images_per_s"]
+    )
+    assert swa["hours_left"] == pytest.approx(seconds / 3600, rel=1e-12)
+    assert swa["basis"] == f"measured, {5000 / rates['train_images_per_s']:.3g} s/epoch"
+    assert all(r["basis"].startswith("measured") for r in rows)
+
+    # another pipeline than the benchmark's (bf16), or a model it did not measure: FLOP counts
+    bf16 = sweep.plan(experiments, [0], tmp_path / "runs", ["speed.bf16=true"], 30.0, loaded)
+    assert all(r["basis"] == "FLOPs at 30 TFLOP/s" for r in bf16)
+    flops = sweep.run_flops(compose_config(["experiment=synthetic/small_cnn_swa"]), 1e6, 0)
+    assert flops == 6e6 * 30 * 5000 + 2e6 * (26 * 2000 + 9 * 5000)
+    vgg = sweep.plan(["cifar100/vgg16_sgd"], [0], tmp_path / "runs", [], 30.0, loaded)
+    assert vgg[0]["basis"] == "FLOPs at 30 TFLOP/s"
+
+    # the printed plan names the file and the device; nothing ran, nothing was written
+    sweep.main(
+        ["table1", "--dataset", "synthetic", "--models", "small_cnn", "--seeds", "0",
+         "--runs", str(tmp_path / "runs"), "--bench", str(cpu_bench), "--dry-run"]
+    )  # fmt: skip
+    out = capsys.readouterr().out.splitlines()
+    device = json.loads(cpu_bench.read_text())["environment"]["device_name"]
+    assert out[0] == f"measured throughput: {cpu_bench} ({device})"
+    assert "FLOP counts assume" not in out[-1] and out[-1].startswith("2 of 2 runs left")
+    assert not (tmp_path / "runs").exists()
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [(None, "no such file"), ("{}", "is not a benchmark JSON"), ("[1,", "is not a benchmark JSON")],
+)
+def test_bad_bench_file_is_one_line_error(tmp_path, capsys, content, message):
+    path = tmp_path / "bench.json"
+    if content is not None:
+        path.write_text(content)
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(["table1", "--dataset", "synthetic", "--bench", str(path), "--dry-run"])
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
 def test_cells_with_fast_path_runs_are_marked(tmp_path, capsys):

@@ -3,8 +3,11 @@
 import json
 import math
 
+import pytest
+
+from swa_repro import bench
 from swa_repro.analysis.common import POINTS_PER_PASS
-from swa_repro.bench import DERIVED, MEASUREMENT_FIELDS, MEASUREMENTS, run
+from swa_repro.bench import DERIVED, MEASUREMENT_FIELDS, MEASUREMENTS, markdown, run
 
 ENVIRONMENT = (
     "device",
@@ -59,6 +62,7 @@ def test_bench_tiny_writes_every_field(tmp_path):
     assert set(ENVIRONMENT) <= set(saved["environment"])
     assert saved["environment"]["device"] == "cpu"
     assert set(SETTINGS) <= set(saved["settings"])
+    assert saved["settings"]["size"] == "custom"  # tiny's sizes overridden
     assert saved["settings"]["speed"]["compile"] is False  # off on CPU unless asked for
     # plane points in the analyses' chunks (evaluate_grid), loop mode on CPU as its "auto"
     assert saved["settings"]["plane_points_per_pass"] == POINTS_PER_PASS
@@ -80,3 +84,57 @@ def test_bench_tiny_writes_every_field(tmp_path):
         assert set(TARGET_FIELDS) <= set(t)
         assert t["applies"] is False  # the targets are set for a GPU
     assert any("plane_point_s" in line for line in lines)
+
+
+def test_markdown_tables_show_the_saved_numbers(tmp_path):
+    out = tmp_path / "bench.json"
+    lines = []
+    result = run(
+        ["--size=tiny", "--repeats=1", "--ref-workers=1", f"--out={out}"], log=lines.append
+    )
+    text = markdown(json.loads(out.read_text()))
+    assert lines[-1] == text  # the run ends with the tables
+    m = result["models"]["small_cnn"]["measurements"]
+    d = result["models"]["small_cnn"]["derived"]
+    rows = {line.split(" | ")[0][2:]: line for line in text.splitlines() if line.startswith("| ")}
+    e = m["train_images_per_s"]
+    assert rows["training"] == (
+        f"| training | {e['ours']:.0f} images/s | {e['reference']:.0f} images/s | x{e['ratio']:.2f} |"
+    )
+    e = m["plane_point_s"]
+    assert (
+        rows["plane point"]
+        == f"| plane point | {e['ours']:.3f} s | {e['reference']:.3f} s | x{e['ratio']:.2f} |"
+    )
+    # tiny data (320 + 192): the 21 x 21 plane scaled to CIFAR's 2 x 50000 + 10000 images
+    scale = 110000 / (2 * 320 + 192)
+    scaled = next(v for k, v in rows.items() if k.startswith("derived: 21 x 21 plane on CIFAR"))
+    assert f"| {d['plane_21x21_s']['ours'] * scale / 60:.1f} min |" in scaled
+    assert sum(line.startswith("- target ") for line in text.splitlines()) == 4
+
+
+def test_finished_models_survive_a_later_failure(tmp_path, monkeypatch):
+    """The JSON is rewritten after every model, so a crash (out of memory, a kill) keeps them."""
+    real = bench.bench_model
+
+    def second_fails(name, *args, **kwargs):
+        if name == "vgg16":
+            raise RuntimeError("CUDA out of memory (simulated)")
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(bench, "bench_model", second_fails)
+    out = tmp_path / "bench.json"
+    with pytest.raises(RuntimeError, match="simulated"):
+        run(
+            [
+                "--size=tiny",
+                "--repeats=1",
+                "--ref-workers=1",
+                "--models=small_cnn,vgg16",
+                f"--out={out}",
+            ],
+            log=lambda line: None,
+        )
+    saved = json.loads(out.read_text())
+    assert list(saved["models"]) == ["small_cnn"]
+    assert set(saved["models"]["small_cnn"]["measurements"]) == set(MEASUREMENTS)

@@ -97,7 +97,7 @@ def plan_states(output: str) -> dict[tuple[str, int], str]:
     """(experiment, seed) -> state, from the plan table the sweep prints."""
     states = {}
     for line in output.splitlines():
-        m = re.match(r"^(\S+/\S+_(?:sgd|swa))\s+(\d+)\s+(.+?)\s+[\d.]+$", line)
+        m = re.match(r"^(\S+/\S+_(?:sgd|swa))\s+(\d+)\s+(.+?)\s+[\d.]+  (FLOPs|measured)", line)
         if m:
             states[(m.group(1), int(m.group(2)))] = m.group(3)
     return states

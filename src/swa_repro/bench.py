@@ -62,6 +62,7 @@ from swa_repro.data import Normalizer, Splits, TrainStream, eval_batches
 from swa_repro.fast import Speed, flat_parameters
 from swa_repro.metrics import evaluate
 from swa_repro.models import build_model, count_parameters
+from swa_repro.run_files import write_text_atomic
 from swa_repro.train import sgd_step
 
 MEAN = (0.4914, 0.4822, 0.4465)
@@ -72,10 +73,11 @@ LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 AVERAGING_UPDATES = 20  # updates per timed repeat of the averaging measurement
 PLANE_GRID = 21
 
+CIFAR_TRAIN, CIFAR_TEST = 50000, 10000
 SIZES = {  # images per split
     "tiny": {"train_size": 320, "test_size": 192},
     "small": {"train_size": 2048, "test_size": 512},
-    "full": {"train_size": 50000, "test_size": 10000},
+    "full": {"train_size": CIFAR_TRAIN, "test_size": CIFAR_TEST},
 }
 MEASUREMENTS = {  # name -> (unit, higher is better)
     "train_images_per_s": ("images/s", True),
@@ -449,6 +451,69 @@ def bench_model(
     }
 
 
+def t_status(t: dict) -> str:
+    return ("met" if t["met"] else "NOT met") if t["applies"] else "n/a here (GPU target)"
+
+
+def markdown(result: dict) -> str:
+    """docs/performance.md's tables of a benchmark JSON: one per model, then its targets."""
+    env, settings = result["environment"], result["settings"]
+    lines = [
+        f"{env['device_name']}; torch {env['torch']}, torchvision {env['torchvision']}, "
+        f"Python {env['python']}, CUDA {env['cuda']}, cuDNN {env['cudnn']}; {result['created']}; "
+        f"`{result['command']}`; {settings['train_size']} train / {settings['test_size']} test "
+        f"images, {settings['repeats']} repeats, medians; ours: speed={settings['speed_name']}, "
+        f"plane {settings['plane_points_per_pass']} points per pass ({settings['plane_mode']})."
+    ]
+    for name, model in result["models"].items():
+        m, d = model["measurements"], model["derived"]
+        lines += [
+            "",
+            f"{name} ({model['params']:,} parameters):",
+            "",
+            "| measurement | ours | reference | speed-up |",
+            "|---|---|---|---|",
+        ]
+        for key, label, fmt in (
+            ("train_images_per_s", "training", ".0f"),
+            ("eval_images_per_s", "evaluation", ".0f"),
+            ("bn_refresh_images_per_s", "BN refresh", ".0f"),
+            ("averaging_update_ms", "averaging update", ".3f"),
+            ("plane_point_s", "plane point", ".3f"),
+        ):
+            e = m[key]
+            lines.append(
+                f"| {label} | {e['ours']:{fmt}} {e['unit']} | {e['reference']:{fmt}} {e['unit']} "
+                f"| x{e['ratio']:.2f} |"
+            )
+        lines += [
+            f"| derived: epoch ({settings['train_size']} images) | {d['epoch_s']['ours']:.3f} s "
+            f"| {d['epoch_s']['reference']:.3f} s | |",
+            f"| derived: BN refresh / epoch | {d['bn_refresh_fraction_of_epoch']['ours']:.3f} "
+            f"| {d['bn_refresh_fraction_of_epoch']['reference']:.3f} | |",
+            f"| derived: averaging / epoch | {d['averaging_fraction_of_epoch']['ours']:.2%} "
+            f"| {d['averaging_fraction_of_epoch']['reference']:.2%} | |",
+            f"| derived: 21 x 21 plane | {d['plane_21x21_s']['ours']:.0f} s "
+            f"| {d['plane_21x21_s']['reference']:.0f} s | x{d['plane_21x21_s']['ratio']:.2f} |",
+        ]
+        if settings["train_size"] != CIFAR_TRAIN:
+            # a point's passes (BN refresh, train and test evaluation) scale with the data
+            full = (2 * CIFAR_TRAIN + CIFAR_TEST) / (
+                2 * settings["train_size"] + settings["test_size"]
+            )
+            lines.append(
+                f"| derived: 21 x 21 plane on CIFAR ({CIFAR_TRAIN} + {CIFAR_TEST}, scaled) "
+                f"| {d['plane_21x21_s']['ours'] * full / 60:.1f} min "
+                f"| {d['plane_21x21_s']['reference'] * full / 60:.1f} min | |"
+            )
+        lines.append("")
+        lines += [
+            f"- target {t['target']}: {t['value']:.4g} {t['op']} {t['threshold']}: {t_status(t)}"
+            for t in model["targets"]
+        ]
+    return "\n".join(lines)
+
+
 def target(what: str, value: float, op: str, threshold: float, applies: bool) -> dict:
     met = {">=": value >= threshold, "<=": value <= threshold, "<": value < threshold}[op]
     return {
@@ -549,6 +614,12 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     )
     p.add_argument("--threads", type=int, help="torch.set_num_threads (default: torch's choice)")
     p.add_argument("--out", default="bench.json", help="JSON output path")
+    p.add_argument(
+        "--markdown",
+        nargs="+",
+        metavar="JSON",
+        help="print the tables of saved results, run nothing",
+    )
     args = p.parse_args(argv)
     if args.repeats < 1:
         p.error("--repeats must be >= 1")
@@ -568,6 +639,7 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
     sizes = dict(SIZES[size])
     sizes["train_size"] = args.train_size or sizes["train_size"]
     sizes["test_size"] = args.test_size or sizes["test_size"]
+    size = size if sizes == SIZES[size] else "custom"
     speed = load_speed(args.speed)
     compile_on = {"on": True, "off": False, "auto": speed.compile and gpu}[args.compile]
     speed = Speed(**{**speed.as_dict(), "compile": compile_on})
@@ -610,6 +682,8 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
         "settings": settings,
         "models": {},
     }
+    path = Path(args.out)
+    path.parent.mkdir(parents=True, exist_ok=True)
     for name in models:
         with warnings.catch_warnings():  # the reference keeps the authors' 4 workers on any machine
             warnings.filterwarnings("ignore", message="This DataLoader will create")
@@ -633,23 +707,27 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
             f"(x{d['plane_21x21_s']['ratio']:.2f})"
         )
         for t in out["models"][name]["targets"]:
-            status = ("met" if t["met"] else "NOT met") if t["applies"] else "n/a here (GPU target)"
             log(
-                f"    target {t['target']}: {t['value']:.4g} {t['op']} {t['threshold']} -> {status}"
+                f"    target {t['target']}: {t['value']:.4g} {t['op']} {t['threshold']} -> {t_status(t)}"
             )
+        write_text_atomic(path, json.dumps(out, indent=2) + "\n")  # finished models survive a kill
     out["environment"]["load_average_end"] = load_average()
     log(
         f"1-minute load average: {env['load_average_start']} at the start, "
         f"{out['environment']['load_average_end']} at the end ({env['cpu_cores_usable']} cores)"
     )
-    path = Path(args.out)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(out, indent=2) + "\n")
+    write_text_atomic(path, json.dumps(out, indent=2) + "\n")
     log(f"results written to {path}")
+    log(markdown(out))
     return out
 
 
 def main() -> None:
+    args = parse_args(None)
+    if args.markdown:
+        for path in args.markdown:
+            print(markdown(json.loads(Path(path).read_text())) + "\n")
+        return
     run()
 
 

@@ -9,15 +9,20 @@ GPU-hours left, then launches `python -m swa_repro.train -m experiment=... seed=
 Finished runs are skipped and partial ones resumed (stable run directories, resume=auto),
 so rerunning the same command only does what is missing. With --gpus N > 1 every run uses N
 processes: one torchrun per run on this machine, or N SLURM tasks per node of each job under
-hydra/launcher=slurm (more nodes: hydra.launcher.nodes=K in --extra). The estimate counts
-6 x MACs per trained image (forward + backward) and 2 x MACs per evaluated one (test
-sets, BN-refresh passes), at an assumed sustained --tflops; memory-bound models (the
-PreResNets) run slower than that.
+hydra/launcher=slurm (more nodes: hydra.launcher.nodes=K in --extra).
+
+The estimate of a run: with a benchmark JSON (--bench, default the GPU one that
+docs/performance.md records, when it exists) that measured the run's model under the run's
+`speed` settings, trained images / training images/s + test images / evaluation images/s +
+BN-refreshed images / BN-refresh images/s; otherwise a FLOP count, 6 x MACs per trained
+image (forward + backward) and 2 x MACs per evaluated one (test sets, BN-refresh passes), at
+an assumed sustained --tflops (memory-bound models such as the PreResNets run slower).
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import subprocess
 import sys
@@ -29,6 +34,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from swa_repro import REPO_ROOT, aggregate
 from swa_repro.cli import one_line_errors, parse_seeds
 from swa_repro.config_check import ConfigError
+from swa_repro.fast import Speed
 from swa_repro.models import build_model
 from swa_repro.train import budget_epochs, compose_config, is_eval_epoch
 
@@ -36,6 +42,8 @@ TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
 TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000}
 # Table 2 has SWA runs only: its SGD column is the pretrained model each SWA run evaluates first.
 METHODS = {"table1": ("sgd", "swa"), "fixed_lr": ("sgd", "swa"), "table2": ("swa",)}
+# `python -m swa_repro.bench --speed faithful` on a GPU: the reproduce targets' settings
+GPU_BENCH = REPO_ROOT / "experiments" / "results" / "bench_gpu_faithful.json"
 
 
 def experiments_of(table: str, dataset: str, models: list[str]) -> list[str]:
@@ -50,9 +58,10 @@ def macs_per_image(model_name: str, num_classes: int, image_size: int = 32) -> f
     return counter.get_total_flops() / 2
 
 
-def run_flops(cfg, macs: float, epochs_done: int) -> float:
-    """Training plus evaluation FLOPs of the epochs after `epochs_done`, counting evaluations
-    (and SWA evaluations with their BN refresh, once averaging has begun) as train.py does."""
+def run_images(cfg, epochs_done: int) -> tuple[int, int, int]:
+    """Images trained, test-evaluated and BN-refreshed in the epochs after `epochs_done`,
+    counting evaluations (and SWA evaluations with their BN refresh, once averaging has begun)
+    as train.py does."""
     train_images = cfg.data.get("train_size", TRAIN_IMAGES.get(cfg.data.name))
     test_images = cfg.data.get("test_size", TEST_IMAGES.get(cfg.data.name))
     refresh_images = min(cfg.bn_refresh_images or train_images, train_images)
@@ -62,46 +71,128 @@ def run_flops(cfg, macs: float, epochs_done: int) -> float:
     ]
     swa_evals = [e for e in evals if cfg.method.swa and e >= cfg.method.swa_start]
     start_evals = int(cfg.eval_at_start and epochs_done == 0)
-    forward_images = (start_evals + len(evals) + len(swa_evals)) * test_images
-    forward_images += len(swa_evals) * refresh_images
-    return 6 * macs * train_images * (cfg.epochs - epochs_done) + 2 * macs * forward_images
+    tested = (start_evals + len(evals) + len(swa_evals)) * test_images
+    return train_images * (cfg.epochs - epochs_done), tested, len(swa_evals) * refresh_images
 
 
-def plan(experiments: list[str], seeds: list[int], runs: Path, extra: list[str]) -> list[dict]:
+def run_flops(cfg, macs: float, epochs_done: int) -> float:
+    trained, tested, refreshed = run_images(cfg, epochs_done)
+    return 6 * macs * trained + 2 * macs * (tested + refreshed)
+
+
+def load_bench(option: str | None) -> dict | None:
+    """A benchmark JSON's device, speed settings and our measured images/s per model. `option`:
+    a path, "none" (FLOP counts only), or None: GPU_BENCH if it exists."""
+    if option == "none" or (option is None and not GPU_BENCH.is_file()):
+        return None
+    path = Path(option) if option is not None else GPU_BENCH
+    if not path.is_file():
+        raise ConfigError(f"--bench {path}: no such file")
+    try:
+        bench = json.loads(path.read_text())
+        rates = {
+            name: {k: m["measurements"][k]["ours"] for k in BENCH_RATES}
+            for name, m in bench["models"].items()
+        }
+        return {
+            "path": path,
+            "device": bench["environment"]["device_name"],
+            "speed": bench["settings"]["speed"],
+            "batch_size": bench["settings"]["batch_size"],
+            "rates": rates,
+        }
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{path} is not a benchmark JSON of swa_repro.bench ({exc!r})") from None
+
+
+BENCH_RATES = ("train_images_per_s", "eval_images_per_s", "bn_refresh_images_per_s")
+
+
+def measured_rates(cfg, bench: dict | None) -> dict | None:
+    """The benchmark's images/s for this run's model, if it measured the run's pipeline: its
+    speed settings, batch size and CIFAR-sized images (the benchmark's data)."""
+    if bench is None or cfg.model.name not in bench["rates"]:
+        return None
+    same = (
+        Speed.from_cfg(cfg.get("speed")).as_dict() == bench["speed"]
+        and cfg.optim.batch_size == bench["batch_size"]
+        and cfg.data.get("image_size", 32) == 32
+    )
+    return bench["rates"][cfg.model.name] if same else None
+
+
+def run_seconds(cfg, rates: dict, epochs_done: int) -> float:
+    trained, tested, refreshed = run_images(cfg, epochs_done)
+    return (
+        trained / rates["train_images_per_s"]
+        + tested / rates["eval_images_per_s"]
+        + refreshed / rates["bn_refresh_images_per_s"]
+    )
+
+
+def plan(
+    experiments: list[str],
+    seeds: list[int],
+    runs: Path,
+    extra: list[str],
+    tflops: float,
+    bench: dict | None = None,
+) -> list[dict]:
+    """Every run with its state and GPU-hours left: measured (`bench`) where it applies, else
+    from the FLOP count at `tflops`."""
     rows, macs_cache = [], {}
     for experiment in experiments:
         cfg = compose_config([f"experiment={experiment}", f"paths.runs={runs}", *extra])
         key = (cfg.model.name, cfg.data.num_classes, cfg.data.get("image_size", 32))
-        if key not in macs_cache:
+        rates = measured_rates(cfg, bench)
+        if rates is None and key not in macs_cache:
             macs_cache[key] = macs_per_image(*key)
         for seed in seeds:
             cfg.seed = seed
             run_dir = runs / cfg.name
             status = aggregate.run_status(run_dir)
             done = cfg.epochs if status.state == "finished" else status.epochs_done
+            if rates is None:
+                seconds = run_flops(cfg, macs_cache[key], done) / (tflops * 1e12)
+                basis = f"FLOPs at {tflops:g} TFLOP/s"
+            else:
+                seconds = run_seconds(cfg, rates, done)
+                epoch_s = run_images(cfg, 0)[0] / cfg.epochs / rates["train_images_per_s"]
+                basis = f"measured, {epoch_s:.3g} s/epoch"
             rows.append({
                 "experiment": experiment,
                 "seed": seed,
                 "run_dir": run_dir,
                 "finished": status.state == "finished",
                 "status": "to do" if status.state == "missing" else str(status),
-                "flops_left": run_flops(cfg, macs_cache[key], done),
+                "hours_left": seconds / 3600,
+                "basis": basis,
             })  # fmt: skip
     return rows
 
 
-def print_plan(rows: list[dict], tflops: float, gpus: int = 1) -> None:
+def print_plan(rows: list[dict], bench: dict | None, gpus: int = 1) -> None:
     """The runs with their state and GPU-hours left; `gpus` per run for the wall time."""
-    print(f"{'experiment':<34}{'seed':>5}  {'state':<24}{'GPU-h left':>10}")
+    if bench is not None:
+        print(f"measured throughput: {bench['path']} ({bench['device']})")
+    print(f"{'experiment':<34}{'seed':>5}  {'state':<24}{'GPU-h left':>10}  estimate")
     for r in rows:
-        hours = r["flops_left"] / (tflops * 1e12) / 3600
-        print(f"{r['experiment']:<34}{r['seed']:>5}  {r['status']:<24}{hours:>10.2f}")
-    total = sum(r["flops_left"] for r in rows) / (tflops * 1e12) / 3600
+        print(
+            f"{r['experiment']:<34}{r['seed']:>5}  {r['status']:<24}{r['hours_left']:>10.2f}"
+            f"  {r['basis']}"
+        )
+    total = sum(r["hours_left"] for r in rows)
     todo = sum(not r["finished"] for r in rows)
+    flops = any(r["basis"].startswith("FLOPs") for r in rows)
     print(
-        f"{todo} of {len(rows)} runs left, about {total:.1f} GPU-hours at an assumed {tflops:g} TFLOP/s sustained "
-        "(a FLOP count: memory-bound models such as the PreResNets take longer)"
+        f"{todo} of {len(rows)} runs left, about {total:.1f} GPU-hours"
         + (f"; {total / gpus:.1f} h of wall time with {gpus} GPUs per run" if gpus > 1 else "")
+        + (
+            " (FLOP counts assume a sustained rate: memory-bound models such as the PreResNets "
+            f"take longer; `make bench-gpu` on the GPU measures them into {GPU_BENCH.name})"
+            if flops
+            else ""
+        )
     )
 
 
@@ -153,6 +244,11 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--gpus", type=int, default=1, help="processes (GPUs) per run: torchrun, or SLURM tasks"
     )
+    parser.add_argument(
+        "--bench",
+        help="benchmark JSON whose measured throughput replaces the FLOP count where it applies "
+        f"(default: {GPU_BENCH.relative_to(REPO_ROOT)} when it exists; none: FLOP counts only)",
+    )
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--wandb", action="store_true", help="log the aggregated table to W&B")
     parser.add_argument("--out", type=Path, default=REPO_ROOT / "experiments" / "results")
@@ -165,9 +261,10 @@ def main(argv: list[str] | None = None) -> None:
     if args.gpus < 1:
         raise ConfigError(f"--gpus must be a positive integer, got {args.gpus}")
     experiments = experiments_of(args.table, args.dataset, models)
-    rows = plan(experiments, seeds, args.runs, extra)
+    bench = load_bench(args.bench)
+    rows = plan(experiments, seeds, args.runs, extra, args.tflops, bench)
     nodes = [int(o.split("=", 1)[1]) for o in extra if o.startswith("hydra.launcher.nodes=")]
-    print_plan(rows, args.tflops, args.gpus * (nodes[-1] if nodes else 1))
+    print_plan(rows, bench, args.gpus * (nodes[-1] if nodes else 1))
     if args.dry_run:
         return
     returncode = 0
