@@ -96,9 +96,9 @@ def test_two_processes_equal_one(tmp_path, imagenet_root, data):
     )
 
 
-def test_distributed_bn_refresh_evaluation_and_agreement(tmp_path):
+def test_distributed_bn_refresh_evaluation_and_agreement(tmp_path, imagenet_root):
     out = tmp_path / "check.json"
-    result = launch(2, [str(out)], script=[str(HELPERS / "dist_check.py")])
+    result = launch(2, [str(out), str(imagenet_root)], script=[str(HELPERS / "dist_check.py")])
     assert result.returncode == 0, result.stderr[-3000:]
     r = json.loads(out.read_text())
     assert r["world"] == 2 and r["bn_seen"] == r["bn_single_seen"] == 51
@@ -112,6 +112,13 @@ def test_distributed_bn_refresh_evaluation_and_agreement(tmp_path):
     assert r["agree_errors"] == ["rank 0 refuses"] * 2
     assert r["agree_values"] == ["chosen on rank 0"] * 2
     assert r["disagreement_ranks"] == [True, True]
+    # the ImageFolder trees are listed by rank 0 alone and handed to rank 1 (its errors too)
+    assert r["folder_scans"] == [1, 0]
+    assert r["folder_samples"][0] == r["folder_samples"][1]
+    expected = sorted(str(p) for p in imagenet_root.rglob("*") if p.is_file())
+    assert sorted(path for path, _ in r["folder_samples"][0]) == expected
+    assert r["folder_errors"][0] == r["folder_errors"][1]
+    assert "imagenet-missing not found" in r["folder_errors"][0]
 
 
 def test_a_preempted_distributed_run_resumes_exactly(tmp_path):

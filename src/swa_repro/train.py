@@ -176,7 +176,7 @@ def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
     reduce = dist.all_reduce_sum if dist.enabled else None  # sums over the ranks' shares
     speed.set_backends()
     seed_everything(cfg.seed)
-    data = open_data(cfg, device, dist.rank, dist.world)
+    data = open_data(cfg, device, dist.rank, dist.world, dist.agree)
     model = speed.prepare(build_model_on_ranks(cfg, data.num_classes, resumed, dist).to(device))
     if dist.rank:  # other ranks draw other dropout masks
         torch.manual_seed(derive_seed(cfg.seed, "rank", dist.rank))

@@ -1,6 +1,6 @@
 """Distributed pieces checked against one process, run under torchrun (gloo, CPU).
 
-    torchrun --standalone --nproc_per_node=2 tests/helpers/dist_check.py OUT.json
+    torchrun --standalone --nproc_per_node=2 tests/helpers/dist_check.py OUT.json [IMAGEFOLDER_ROOT]
 
 Every rank holds the same model and the same list of batches. Rank r uses its own share of
 them (the distributed code path); rank 0 also computes the single-process answer over all of
@@ -9,6 +9,8 @@ them and writes both, with the values gathered from every rank, to OUT.json:
   eval:     evaluate over each rank's share of the test set, summed vs evaluate over all of it
   agree:    a ConfigError raised on rank 0 inside Distributed.agree, as seen on every rank
   same:     assert_same on identical tensors (passes) and on rank-dependent ones (raises)
+  folders:  with IMAGEFOLDER_ROOT, FolderData opened as train.py does: the trees scanned on
+            rank 0 only, the same samples on every rank; and a missing root's error on every rank
 """
 
 from __future__ import annotations
@@ -17,10 +19,12 @@ import json
 import sys
 
 import torch
+from omegaconf import OmegaConf
 
+import swa_repro.data.imagenet as imagenet
 from swa_repro.bn_refresh import refresh_bn
 from swa_repro.config_check import ConfigError
-from swa_repro.data import Normalizer, eval_batches
+from swa_repro.data import DataError, Normalizer, eval_batches
 from swa_repro.distributed import Distributed, RanksDisagree
 from swa_repro.metrics import evaluate
 from swa_repro.models.small import SmallCNN
@@ -36,7 +40,36 @@ def bn_stats(model) -> list[float]:
     ).tolist()
 
 
-def main(out: str) -> None:
+def check_folders(dist: Distributed, root: str, normalize: Normalizer) -> dict:
+    scans = []
+    real_scan = imagenet.load_folders
+    imagenet.load_folders = lambda cfg: scans.append(cfg.root) or real_scan(cfg)
+    cfg = OmegaConf.load("conf/data/imagenet.yaml")
+    cfg.merge_with({"root": root, "num_classes": 5, "image_size": 32, "resize": 36})
+    data = imagenet.FolderData(cfg, normalize, 0, dist.rank, dist.world, dist.agree)
+    samples = [(str(p), label) for p, label in data.train.folder.samples + data.val.samples]
+    scanned = len(scans)
+    try:
+        imagenet.FolderData(
+            OmegaConf.merge(cfg, {"root": root + "-missing"}),
+            normalize,
+            0,
+            dist.rank,
+            dist.world,
+            dist.agree,
+        )
+        error = None
+    except DataError as exc:
+        error = str(exc)
+    imagenet.load_folders = real_scan
+    return {
+        "folder_scans": dist.gather(scanned),
+        "folder_samples": dist.gather(samples),
+        "folder_errors": dist.gather(error),
+    }
+
+
+def main(out: str, folder_root: str | None = None) -> None:
     dist = Distributed.from_env("cpu")
     torch.manual_seed(0)
     model = SmallCNN(5)
@@ -76,6 +109,9 @@ def main(out: str) -> None:
         result["disagreement_caught"] = True
     result["disagreement_ranks"] = dist.gather(result["disagreement_caught"])
 
+    if folder_root is not None:
+        result.update(check_folders(dist, folder_root, normalize))
+
     if dist.is_main:
         torch.manual_seed(0)
         single = SmallCNN(5)
@@ -87,4 +123,4 @@ def main(out: str) -> None:
 
 
 if __name__ == "__main__":
-    main(sys.argv[1])
+    main(*sys.argv[1:])

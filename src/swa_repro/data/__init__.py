@@ -72,11 +72,12 @@ class DeviceData:
         return eval_batches(s.test_x, s.test_y, batch_size, self.normalize, self.rank, self.world)
 
 
-def open_data(cfg, device, rank: int = 0, world: int = 1):
-    """The data of a training config (cfg.data, normalised with cfg.model's mean/std), on `device`."""
+def open_data(cfg, device, rank: int = 0, world: int = 1, on_main=None):
+    """The data of a training config (cfg.data, normalised with cfg.model's mean/std), on `device`.
+    `on_main`: Distributed.agree, to scan an ImageFolder tree once for all ranks."""
     normalize = Normalizer(cfg.model.mean, cfg.model.std, device)
     if cfg.data.name == "imagenet":
         from swa_repro.data.imagenet import FolderData
 
-        return FolderData(cfg.data, normalize, cfg.seed, rank, world)
+        return FolderData(cfg.data, normalize, cfg.seed, rank, world, on_main)
     return DeviceData(load_data(cfg.data).to(device), normalize, cfg.seed, rank, world)

@@ -133,9 +133,13 @@ class FolderStream(GlobalBatches):
 class FolderData:
     """ImageNet-style data: training streams and this rank's share of the validation set."""
 
-    def __init__(self, cfg, normalize: Normalizer, seed: int, rank: int = 0, world: int = 1):
+    def __init__(
+        self, cfg, normalize: Normalizer, seed: int, rank: int = 0, world: int = 1, on_main=None
+    ):
+        """`on_main(fn)`: fn's result, computed on one rank and given to all (Distributed.agree),
+        so that one process, not every GPU's, lists the 1.3M files of the trees."""
         self.name, self.num_classes = cfg.name, cfg.num_classes
-        train, self.val = load_folders(cfg)
+        train, self.val = (on_main or (lambda fn: fn()))(lambda: load_folders(cfg))
         augment = transforms.Compose([
             transforms.RandomResizedCrop(cfg.image_size),
             transforms.RandomHorizontalFlip(),
