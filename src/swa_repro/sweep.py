@@ -44,6 +44,7 @@ TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000}
 METHODS = {"table1": ("sgd", "swa"), "fixed_lr": ("sgd", "swa"), "table2": ("swa",)}
 # `python -m swa_repro.bench --speed faithful` on a GPU: the reproduce targets' settings
 GPU_BENCH = REPO_ROOT / "experiments" / "results" / "bench_gpu_faithful.json"
+BENCH_RATES = ("train_images_per_s", "eval_images_per_s", "bn_refresh_images_per_s")
 
 
 def experiments_of(table: str, dataset: str, models: list[str]) -> list[str]:
@@ -103,9 +104,6 @@ def load_bench(option: str | None) -> dict | None:
         }
     except (ValueError, KeyError, TypeError) as exc:
         raise ConfigError(f"{path} is not a benchmark JSON of swa_repro.bench ({exc!r})") from None
-
-
-BENCH_RATES = ("train_images_per_s", "eval_images_per_s", "bn_refresh_images_per_s")
 
 
 def measured_rates(cfg, bench: dict | None) -> dict | None:
