@@ -209,6 +209,22 @@ def test_validate_rejects(overrides, named):
     assert named in message
 
 
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (
+            ["model=wrn28x10", "model.bn_weight_init=normal"],
+            "unknown model.bn_weight_init 'normal'",
+        ),
+        (["model=preresnet164", "+model.bn_weight_init=ones"], "model.bn_weight_init is for"),
+        (["method.swa_include_start=maybe"], "method.swa_include_start must be true or false"),
+    ],
+)
+def test_validate_rejects_init_and_averaging_options(overrides, message):
+    cfg = _compose(*FAST_SYNTHETIC, *overrides)
+    assert message in _config_error(cfg)
+
+
 def test_validate_rejects_swa_start_past_default_epochs():
     cfg = _compose()
     message = _config_error(_compose(f"method.swa_start={cfg.epochs + 1}"))

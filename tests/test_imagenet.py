@@ -19,6 +19,7 @@ import torchvision
 from PIL import Image
 from torchvision import transforms
 
+import swa_repro.train as training
 from conftest import write_image_folder
 from swa_repro import aggregate, sweep
 from swa_repro.averaging import is_averaging_epoch
@@ -92,24 +93,52 @@ def test_cyclic_lr_at_cycle_boundaries_and_mid_cycle():
 def test_averaging_collects_at_every_cycle_end():
     assert all(is_averaging_epoch(e, 1, 1) for e in range(10))
     assert [e for e in range(10) if is_averaging_epoch(e, 2, 2)] == [1, 3, 5, 7, 9]
+    # a longer cycle moves the first collection with it (swa_start follows the cycle length)
+    cfg = compose_config(["experiment=imagenet/resnet50_swa", "schedule.cycle_epochs=2"])
+    validate_config(cfg)
+    m = cfg.method
+    assert (m.swa_start, m.swa_c_epochs, m.swa_include_start) == (2, 2, True)
+    schedule = build_schedule(cfg)
+    collected = [e for e in range(10) if is_averaging_epoch(e, m.swa_start, m.swa_c_epochs)]
+    assert collected == [1, 3, 5, 7, 9]
+    assert all(schedule(e, 99, 100) == pytest.approx(1e-5) for e in collected)  # cycle ends
 
 
-def test_swa_average_is_the_mean_of_the_cycle_end_weights(image_folder, tmp_path):
+@pytest.mark.parametrize("include_start", [True, False])
+def test_swa_average_is_the_mean_of_the_cycle_end_weights(
+    image_folder, tmp_path, monkeypatch, include_start
+):
+    """The recipe's default (Algorithm 1): the starting weights and every cycle end, with equal
+    weights; swa_include_start=false: the cycle ends alone."""
+    starts = []
+
+    def recording_build(*args):
+        model = build_model(*args)
+        starts.append({k: v.clone() for k, v in model.state_dict().items()})
+        return model
+
+    monkeypatch.setattr(training, "build_model", recording_build)
     run = tmp_path / "run"
-    summary = train(compose_config(tiny(image_folder, "checkpoint.keep_every=1")), run)
+    overrides = tiny(image_folder, "checkpoint.keep_every=1")
+    if not include_start:
+        overrides.append("method.swa_include_start=false")
+    summary = train(compose_config(overrides), run)
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     ends = [load_checkpoint(run / "checkpoints" / f"epoch_{e:04d}.pt")["model"] for e in (1, 2, 3)]
-    assert int(last["swa_model"]["n_averaged"]) == 3
+    models = ([starts[0]] if include_start else []) + ends
+    assert int(last["swa_model"]["n_averaged"]) == len(models) == 3 + include_start
     for name, _ in build_model("small_cnn", 4).named_parameters():
-        mean = sum(state[name] for state in ends) / 3
+        mean = sum(state[name] for state in models) / len(models)
         torch.testing.assert_close(last["swa_model"][f"module.{name}"], mean, rtol=1e-6, atol=1e-6)
+        assert not torch.allclose(starts[0][name], ends[0][name])  # training moved the weights
     # the pretrained ("SGD") column is the model before any step; SWA read after 2 and 3 epochs
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     assert metrics[0]["epoch"] == 0 and "train_loss" not in metrics[0]
     assert summary["budgets"]["initial"] == {
         "epoch": 0, "model": "sgd", **{f"test_{k}": metrics[0][f"test_{k}"] for k in ("acc", "loss", "nll", "ece")},
     }  # fmt: skip
-    assert summary["budgets"]["2"]["model"] == "swa" and summary["budgets"]["3"]["n_averaged"] == 3
+    assert summary["budgets"]["2"]["model"] == "swa"
+    assert summary["budgets"]["3"]["n_averaged"] == 3 + include_start
     # one global LR value per iteration: 24 images / batch 8 = 3 iterations per cycle
     assert summary["lr_curve"][0] == pytest.approx((2 / 3) * 1e-3 + (1 / 3) * 1e-5)
 

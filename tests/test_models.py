@@ -140,6 +140,36 @@ def test_wrn_structure():
     assert model.linear.in_features == 640
 
 
+@pytest.mark.parametrize("name", ["wrn28x10", "vgg16bn"])
+def test_default_init_bn_weights_are_uniform_as_in_the_authors_pytorch(name):
+    """The authors' WRN / VGG16BN keep PyTorch's default init; theirs (0.3/0.4) drew BN weights
+    from U(0, 1); today's default is 1."""
+    bns = [m for m in _model(name, 10).modules() if isinstance(m, nn.BatchNorm2d)]
+    weights = torch.cat([m.weight.detach() for m in bns])
+    assert weights.min() >= 0 and weights.max() < 1
+    assert abs(weights.mean().item() - 0.5) < 0.02 and abs(weights.var().item() - 1 / 12) < 0.005
+    assert all(torch.equal(m.bias, torch.zeros_like(m.bias)) for m in bns)
+    ones = build_model("vgg16bn", 10, bn_weight_init="ones")
+    assert all(
+        torch.equal(m.weight, torch.ones_like(m.weight))
+        for m in ones.modules()
+        if isinstance(m, nn.BatchNorm2d)
+    )
+
+
+def test_preresnet_bn_weights_are_one_and_take_no_bn_init_option():
+    model = _model("preresnet164", 10)
+    assert all(
+        torch.equal(m.weight, torch.ones_like(m.weight))
+        for m in model.modules()
+        if isinstance(m, nn.BatchNorm2d)
+    )
+    with pytest.raises(ValueError, match="bn_weight_init applies to vgg16bn, wrn28x10 only"):
+        build_model("preresnet164", 10, bn_weight_init="uniform")
+    with pytest.raises(ValueError, match="must be one of uniform, ones"):
+        build_model("wrn28x10", 10, bn_weight_init="normal")
+
+
 def test_small_cnn_trains_on_cpu():
     model = build_model("small_cnn", 10)
     assert count_parameters(model) < 100_000

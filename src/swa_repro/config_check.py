@@ -7,7 +7,12 @@ from pathlib import Path
 import torch
 
 from swa_repro.data import DATASET_NAMES
-from swa_repro.models import MODEL_NAMES, TORCHVISION_MODELS
+from swa_repro.models import (
+    BN_WEIGHT_INITS,
+    DEFAULT_BN_INIT_MODELS,
+    MODEL_NAMES,
+    TORCHVISION_MODELS,
+)
 
 METHOD_NAMES = ("sgd", "swa")
 SCHEDULE_NAMES = ("constant", "cyclic", "paper")
@@ -79,6 +84,10 @@ def validate_config(cfg) -> None:
             raise ConfigError(f"method.swa_start must lie in 1..epochs={cfg.epochs}, got {start!r}")
         for reading in cfg.method.budget_readings:
             _positive(reading, "method.budget_readings entries")
+        if not isinstance(cfg.method.swa_include_start, bool):
+            raise ConfigError(
+                f"method.swa_include_start must be true or false, got {cfg.method.swa_include_start!r}"
+            )
 
     if cfg.schedule.name == "constant":
         _positive(cfg.schedule.lr, "schedule.lr")
@@ -97,6 +106,13 @@ def validate_config(cfg) -> None:
 
     _check_data(cfg.data)
     _check_pretrained(cfg.model.name, cfg.model.get("pretrained"), cfg.data.num_classes)
+    if cfg.model.get("bn_weight_init") is not None:
+        if cfg.model.name not in DEFAULT_BN_INIT_MODELS:
+            raise ConfigError(
+                f"model.bn_weight_init is for {', '.join(DEFAULT_BN_INIT_MODELS)} only, "
+                f"not {cfg.model.name}"
+            )
+        _one_of(cfg.model.bn_weight_init, BN_WEIGHT_INITS, "model.bn_weight_init")
     _check_device(cfg.device)
     if cfg.resume != "auto" and not Path(cfg.resume).is_file():
         raise ConfigError(

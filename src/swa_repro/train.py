@@ -153,9 +153,10 @@ def build_model_on_ranks(cfg: DictConfig, num_classes: int, resumed, dist: Distr
     them first (a failed download stops every rank); a run that starts from a checkpoint takes
     its weights from there."""
     pretrained = cfg.model.get("pretrained") if resumed is None else None
+    args = (cfg.model.name, num_classes, pretrained, cfg.model.get("bn_weight_init"))
     built: dict = {}
-    dist.agree(lambda: built.update(model=build_model(cfg.model.name, num_classes, pretrained)))
-    return built["model"] if dist.is_main else build_model(cfg.model.name, num_classes, pretrained)
+    dist.agree(lambda: built.update(model=build_model(*args)))
+    return built["model"] if dist.is_main else build_model(*args)
 
 
 def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
@@ -273,6 +274,13 @@ def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
             "logger_run_id": logger.run_id,
         }
 
+    if (
+        swa_model is not None
+        and cfg.method.swa_include_start
+        and int(swa_model.n_averaged) == 0
+        and (resumed is None or not resumed["own"])
+    ):  # Algorithm 1's w_SWA <- w-hat: the starting weights count as the first model
+        swa_model.update_parameters(model)
     show_progress = cfg.progress and dist.is_main
     t_start = time.time()
     with StopRequest() as stop, closing(logger):

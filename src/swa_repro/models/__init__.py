@@ -21,18 +21,35 @@ _BUILDERS: dict[str, Callable[[int], nn.Module]] = {
     "small_cnn_nobn": lambda c: SmallCNN(c, batch_norm=False),
 }
 
+# Models whose authors' code leaves BatchNorm at PyTorch's default init, which was
+# weight ~ U(0, 1) up to PyTorch 1.1 (the authors ran 0.3/0.4) and is weight = 1 since.
+DEFAULT_BN_INIT_MODELS = ("vgg16bn", "wrn28x10")
+BN_WEIGHT_INITS = ("uniform", "ones")
+
 # Table 2: fine-tuned from torchvision's pretrained weights (the paper's SGD column).
 TORCHVISION_MODELS = ("densenet161", "resnet152", "resnet50")
 
 MODEL_NAMES: tuple[str, ...] = tuple(sorted((*_BUILDERS, *TORCHVISION_MODELS)))
 
 
-def build_model(name: str, num_classes: int, pretrained: str | None = None) -> nn.Module:
+def build_model(
+    name: str, num_classes: int, pretrained: str | None = None, bn_weight_init: str | None = None
+) -> nn.Module:
     """Build a model by name; fails loudly on typos and bad class counts.
 
     `pretrained` names torchvision weights of a TORCHVISION_MODELS entry (e.g. "IMAGENET1K_V1",
     downloaded by torchvision into $TORCH_HOME on first use); None: freshly initialised.
+    `bn_weight_init` (DEFAULT_BN_INIT_MODELS only): "uniform" (None: the authors' PyTorch
+    default, BN weight ~ U(0, 1)) or "ones" (today's PyTorch default).
     """
+    if bn_weight_init is not None and name not in DEFAULT_BN_INIT_MODELS:
+        raise ValueError(
+            f"bn_weight_init applies to {', '.join(DEFAULT_BN_INIT_MODELS)} only, not {name!r}"
+        )
+    if bn_weight_init not in (None, *BN_WEIGHT_INITS):
+        raise ValueError(
+            f"bn_weight_init must be one of {', '.join(BN_WEIGHT_INITS)}, got {bn_weight_init!r}"
+        )
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     if num_classes < 1:
@@ -43,7 +60,12 @@ def build_model(name: str, num_classes: int, pretrained: str | None = None) -> n
         return torchvision.models.get_model(name, weights=pretrained, num_classes=num_classes)
     if pretrained is not None:
         raise ValueError(f"model {name!r} has no pretrained weights (pretrained={pretrained!r})")
-    return _BUILDERS[name](num_classes)
+    model = _BUILDERS[name](num_classes)
+    if name in DEFAULT_BN_INIT_MODELS and bn_weight_init != "ones":
+        for m in model.modules():
+            if isinstance(m, _BatchNorm):
+                nn.init.uniform_(m.weight)  # PyTorch <= 1.1's BN init: U(0, 1), bias 0
+    return model
 
 
 def has_batchnorm(model: nn.Module) -> bool:
@@ -56,4 +78,12 @@ def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
-__all__ = ["MODEL_NAMES", "TORCHVISION_MODELS", "build_model", "count_parameters", "has_batchnorm"]
+__all__ = [
+    "BN_WEIGHT_INITS",
+    "DEFAULT_BN_INIT_MODELS",
+    "MODEL_NAMES",
+    "TORCHVISION_MODELS",
+    "build_model",
+    "count_parameters",
+    "has_batchnorm",
+]

@@ -42,7 +42,8 @@ class VGG16(nn.Module):
             nn.ReLU(inplace=True),
             nn.Linear(512, num_classes),
         )
-        # He init with fan-out (k*k*out_channels), zero bias, as upstream; Linear/BN keep defaults.
+        # He init with fan-out (k*k*out_channels), zero bias, as upstream; Linear/BN keep defaults
+        # (BN: the authors' PyTorch drew weights from U(0, 1), restored by build_model).
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels

@@ -2,7 +2,9 @@
 
 Upstream differs from the WRN paper in ways that change results, so they are kept: the
 stride sits on the second conv of a block, convs and shortcuts have biases, the head BN
-uses momentum 0.9, and every layer keeps PyTorch's default init. Module names follow
+uses momentum 0.9, and every layer keeps PyTorch's default init (its `conv_init` is never
+called) as of the authors' PyTorch 0.3/0.4: conv and linear bounds are today's, but BN weights
+were drawn from U(0, 1), which build_model restores (`bn_weight_init`). Module names follow
 upstream so its checkpoints load.
 """
 
