@@ -33,9 +33,13 @@ from pathlib import Path
 import pytest
 import torch
 import torch.nn.functional as F
+from omegaconf import OmegaConf
 
 import swa_repro.train
 from swa_repro.checkpoint import MAGIC, CheckpointError, load_checkpoint
+from swa_repro.config_check import ConfigError
+from swa_repro.run_files import check_same_config
+from swa_repro.train import compose_config
 
 CRASH_RUN = Path(__file__).resolve().parent / "helpers" / "crash_run.py"
 RUN_REL = Path("synthetic/small_cnn/swa/seed0")  # `name` of conf/config.yaml for these overrides
@@ -497,3 +501,27 @@ def test_resume_with_different_config_is_refused(tmp_path, reference):
     assert {k: v for k, v in after.items() if not k.startswith(".hydra") and k != "train.log"} == {
         k: v for k, v in before.items() if not k.startswith(".hydra") and k != "train.log"
     }
+
+
+def test_resume_ignores_where_the_data_lives_but_not_what_it_is():
+    """Moving the data set (node-local scratch) or changing loader workers keeps a run resumable."""
+    saved = compose_config(["experiment=imagenet/resnet50_swa"])
+    moved = compose_config(
+        [
+            "experiment=imagenet/resnet50_swa",
+            "data.root=/scratch/imagenet",
+            "data.workers=2",
+            "progress=false",
+        ]
+    )
+    check_same_config(OmegaConf.to_yaml(saved, resolve=True), moved)
+    cifar = compose_config(["experiment=cifar10/vgg16_sgd"])
+    check_same_config(
+        OmegaConf.to_yaml(cifar, resolve=True),
+        compose_config(
+            ["experiment=cifar10/vgg16_sgd", "data.root=/elsewhere", "data.download=false"]
+        ),
+    )
+    other = compose_config(["experiment=imagenet/resnet50_swa", "data.image_size=160"])
+    with pytest.raises(ConfigError, match=r"differs in: data\.image_size\)"):
+        check_same_config(OmegaConf.to_yaml(saved, resolve=True), other)

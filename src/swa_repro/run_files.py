@@ -32,7 +32,8 @@ from swa_repro.checkpoint import (
 )
 from swa_repro.config_check import ConfigError
 
-# Keys that may differ between a run and its resumption (they do not change the numbers).
+# Keys (dotted paths) that may differ between a run and its resumption: they do not change
+# the numbers (the data's location: CIFAR is md5-checked; ImageNet's draws are seeded per image).
 RESUME_FREE_KEYS = {
     "resume",
     "progress",
@@ -41,6 +42,9 @@ RESUME_FREE_KEYS = {
     "paths",
     "logger",
     "checkpoint",
+    "data.root",
+    "data.download",
+    "data.workers",
 }
 
 
@@ -184,7 +188,7 @@ def _differences(a, b, prefix: str = "") -> set[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = set()
         for key in set(a) | set(b):
-            if not prefix and key in RESUME_FREE_KEYS:
+            if f"{prefix}{key}" in RESUME_FREE_KEYS:
                 continue
             out |= _differences(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
