@@ -238,6 +238,21 @@ def test_sweep_resumes_the_one_unfinished_run(sweep, tmp_path):
     assert (tmp_path / "README.md").read_text() == README_TEXT
 
 
+def test_a_sweep_whose_runs_fail_exits_nonzero(tmp_path):
+    """The multirun itself exits 0 past failing cells; the sweep reads the run directories."""
+    (tmp_path / "README.md").write_text(README_TEXT)
+    command = sweep_command(tmp_path, tmp_path / "runs")
+    command[command.index("--extra") + 1] += " optim.lr_init=-1"
+    proc = run(command, cwd=tmp_path)
+    assert proc.returncode == 1, proc.output[-3000:]
+    assert proc.output.count("error: optim.lr_init must be a positive number") == 2 * len(SEEDS)
+    for method in METHODS:
+        for seed in SEEDS:
+            assert f"not finished: synthetic/small_cnn_{method} seed {seed} (failed)" in proc.stdout
+    assert f"{2 * len(SEEDS)} of {2 * len(SEEDS)} runs not finished" in proc.stdout
+    assert (tmp_path / "results" / "table1_synthetic.md").is_file()  # still aggregated
+
+
 def test_submitit_local_launcher(sweep, tmp_path):
     runs = tmp_path / "runs"
     proc = run(

@@ -273,6 +273,19 @@ def main(argv: list[str] | None = None) -> None:
             if code != 0:
                 returncode = code
                 print(f"exit code {code}; rerun the same command to continue what is left")
+        # A Hydra multirun goes on past a failing cell and exits 0: the run directories say.
+        unfinished = [
+            (r, status)
+            for r in rows
+            if (status := aggregate.run_status(r["run_dir"])).state != "finished"
+        ]
+        for r, status in unfinished:
+            print(f"not finished: {r['experiment']} seed {r['seed']} ({status}) in {r['run_dir']}")
+        if unfinished:
+            print(
+                f"{len(unfinished)} of {len(rows)} runs not finished; rerun the same command to continue"
+            )
+            returncode = returncode or 1
     aggregate_args = [
         args.table,
         "--dataset",
