@@ -8,7 +8,13 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 from matplotlib.image import imread
+from omegaconf import OmegaConf
+
+from swa_repro import figures
+from swa_repro.config_check import ConfigError
+from swa_repro.train import compose_config
 
 TINY = "data.train_size=192 data.test_size=96 optim.batch_size=64"
 FIGURES = [
@@ -57,3 +63,62 @@ def test_figures_demo_end_to_end_and_idempotent(tmp_path):
     assert second.returncode == 0, second.stderr[-3000:]
     assert "swa_repro.train" not in second.stdout and "swa_repro.analysis" not in second.stdout
     assert all(str(out / f"{name}.png") in second.stdout for name in FIGURES)
+
+    # other grid sizes than the stored results: refused, nothing overwritten
+    before = (data / "plane.npz").read_bytes()
+    third = subprocess.run(
+        [*command[:-4], "--grid", "5", "--device", "cpu"],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=600,
+    )
+    assert third.returncode == 2, third.stdout[-2000:] + third.stderr[-2000:]
+    assert third.stderr.strip().splitlines() == [
+        f"error: {data / 'plane.npz'} was computed with grid_points=3, not 5: move it away to "
+        "recompute, or ask for the settings it has"
+    ]
+    assert (data / "plane.npz").read_bytes() == before
+
+
+def test_continuations_inherit_the_runs_settings(tmp_path):
+    """A run trained with overrides beyond its experiment file (data sizes, optimiser, speed,
+    an added key) hands them to the figures' continuations; their own keys stay theirs."""
+    trained = [
+        "experiment=synthetic/small_cnn_sgd", "data.train_size=256", "optim.lr_init=0.07",
+        "speed.bf16=true", "checkpoint.keep_epochs=[]", "epochs=3", "budget=3", "seed=4",
+        "+data.note=moved here/x",
+    ]  # fmt: skip
+    run_dir = tmp_path / "sgd"
+    run_dir.mkdir()
+    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(compose_config(trained), resolve=True))
+    base = figures.continuation_base("synthetic/small_cnn_sgd", run_dir)
+    assert base[0] == "experiment=synthetic/small_cnn_sgd"
+    assert sorted(base[1:]) == sorted(
+        [
+            "data.train_size=256",
+            "optim.lr_init=0.07",
+            "speed.bf16=true",
+            '+data.note="moved here/x"',
+        ]
+    )
+    cfg = compose_config([*base, "schedule=constant", "schedule.lr=0.01", "epochs=20", "seed=0"])
+    assert (cfg.data.train_size, cfg.optim.lr_init, cfg.speed.bf16) == (256, 0.07, True)
+    assert (cfg.schedule.name, cfg.epochs, cfg.seed) == ("constant", 20, 0)
+    assert cfg.data.note == "moved here/x"
+
+    (run_dir / "config.yaml").write_text("data: {train_size: [1, {a: 2}]}\n")
+    with pytest.raises(ConfigError, match="cannot reproduce the settings of"):
+        figures.continuation_base("synthetic/small_cnn_sgd", run_dir)
+
+
+def test_missing_runs_are_one_line_errors_with_the_command_that_trains_them(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        figures.main(["--runs", str(tmp_path / "runs"), "--setup", "cifar100/vgg16", "--seed", "2"])
+    assert info.value.code == 2
+    sgd_run = tmp_path / "runs" / "cifar100" / "vgg16" / "sgd" / "seed2"
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"error: {sgd_run} is not a finished run; train it first: "
+        f"make reproduce-cifar100 MODELS=vgg16 SEEDS=2 RUNS={tmp_path / 'runs'}"
+    ]
+    assert not (tmp_path / "runs").exists()

@@ -9,6 +9,7 @@ skipped when its output is complete (interrupted grids and runs resume):
      125) on the SGD run's schedule: the protocol's "SGD and SWA solutions started from the same
      SGD model at epoch 125". Two more continuations from that point, with a constant and a
      cyclical LR, keep every epoch: the trajectories of Figure 2 (LR values [UNVERIFIED]).
+     They inherit the SGD run's saved settings (data, model, optimiser, speed), then --extra.
   2. Analyses (python -m swa_repro.analysis): the plane through (epoch-125 model, SGD solution,
      SWA solution) (Figure 1 middle/right); FGE from 0.8 of the SGD run and the plane through
      three FGE samples with their mean (Figure 1 left); the SWA-SGD line; random rays from both
@@ -19,6 +20,7 @@ skipped when its output is complete (interrupted grids and runs resume):
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import shlex
 import subprocess
@@ -26,6 +28,8 @@ import sys
 from pathlib import Path
 
 import numpy as np
+import yaml
+from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from swa_repro import REPO_ROOT
@@ -58,12 +62,77 @@ def run(command: list[str]) -> None:
         )
 
 
-def complete(npz: Path) -> bool:
-    """An analysis output whose every point is computed."""
+def complete(npz: Path, overrides: list[str]) -> bool:
+    """An analysis output whose every point is computed, with the numeric settings asked for
+    (ConfigError if it was made with others: it is not overwritten)."""
     if not npz.is_file():
         return False
-    with np.load(npz) as data:
-        return "done" not in data.files or bool(data["done"].all())
+    try:
+        with np.load(npz) as data:
+            saved = json.loads(str(data["config"]))
+            done = "done" not in data.files or bool(data["done"].all())
+    except Exception as exc:
+        raise ConfigError(
+            f"{npz} is not a readable analysis file ({type(exc).__name__}); move it away to recompute"
+        ) from None
+    for key, text in (o.split("=", 1) for o in overrides if "=" in o):
+        value = yaml.safe_load(text)
+        numeric = isinstance(value, int | float) and not isinstance(value, bool)
+        if numeric and key in saved and saved[key] != value:
+            raise ConfigError(
+                f"{npz} was computed with {key}={saved[key]}, not {value}: move it away to "
+                "recompute, or ask for the settings it has"
+            )
+    return done
+
+
+# Keys a continuation sets itself (its schedule, length, kept checkpoints, name) or that do not
+# change its numbers (logging): not inherited.
+NOT_INHERITED = {"name", "seed", "resume", "paths", "progress", "schedule", "epochs", "budget"}
+NOT_INHERITED |= {"checkpoint", "method", "logger"}
+
+
+def inherited_overrides(run: dict, fresh: dict, prefix: str = "") -> list[str]:
+    """Hydra overrides that give `fresh` (an experiment's config) the values of `run` (a run's
+    saved config), except NOT_INHERITED: what the run was trained with beyond its experiment."""
+    out = []
+    for key, value in run.items():
+        path = f"{prefix}{key}"
+        if not prefix and key in NOT_INHERITED:
+            continue
+        if key not in fresh:
+            out.append(f"+{path}={json.dumps(value)}")
+        elif isinstance(value, dict) and isinstance(fresh[key], dict):
+            out += inherited_overrides(value, fresh[key], f"{path}.")
+        elif value != fresh[key]:
+            out.append(f"{path}={json.dumps(value)}")
+    return out
+
+
+def continuation_base(experiment: str, run_dir: Path) -> list[str]:
+    """`experiment=...` plus the overrides the run at `run_dir` was trained with (its data,
+    model, optimiser, speed ... settings), checked by composing them."""
+    from swa_repro.train import compose_config  # Hydra's compose: only when training is due
+
+    def composed(overrides: list[str]) -> dict:
+        try:
+            return OmegaConf.to_container(compose_config(overrides), resolve=True)
+        except HydraException as exc:
+            raise ConfigError(
+                f"cannot reproduce the settings of {run_dir} for the runs trained here "
+                f"({str(exc).strip().splitlines()[0]}); pass them with --extra"
+            ) from None
+
+    saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    base = [f"experiment={experiment}"]
+    base += inherited_overrides(saved, composed(base))
+    left = inherited_overrides(saved, composed(base))
+    if left:
+        raise ConfigError(
+            f"cannot reproduce the settings of {run_dir} for the runs trained here "
+            f"(still differing: {', '.join(left)}); pass them with --extra"
+        )
+    return base
 
 
 def train_run(overrides: list[str], run_dir: Path) -> None:
@@ -72,7 +141,7 @@ def train_run(overrides: list[str], run_dir: Path) -> None:
 
 
 def analysis(name: str, out: Path, overrides: list[str], base: list[str]) -> None:
-    if not complete(out):
+    if not complete(out, overrides):
         run([sys.executable, "-m", "swa_repro.analysis", name, *base, *overrides, f"out={out}"])
 
 
@@ -162,10 +231,12 @@ def main(argv: list[str] | None = None) -> None:
     for method, run_dir in (("sgd", sgd_run), ("swa", swa_run)):
         if run_status(run_dir).state != "finished":
             if not args.demo:
-                sys.exit(
-                    f"error: {run_dir} is not a finished run; train it first: "
-                    f"make reproduce-{dataset} MODELS={model} SEEDS={args.seed}"
+                how = (
+                    "python -m swa_repro.figures --demo trains them"
+                    if dataset == "synthetic"
+                    else f"make reproduce-{dataset} MODELS={model} SEEDS={args.seed} RUNS={args.runs}"
                 )
+                raise ConfigError(f"{run_dir} is not a finished run; train it first: {how}")
             train_run([f"experiment={args.setup}_{method}", *common], run_dir)
     sgd_cfg = OmegaConf.load(sgd_run / "config.yaml")
     swa_cfg = OmegaConf.load(swa_run / "config.yaml")
@@ -175,8 +246,8 @@ def main(argv: list[str] | None = None) -> None:
     fge_ckpt = sgd_run / "checkpoints" / f"epoch_{fge_start:04d}.pt"
     for needed in (start_ckpt, fge_ckpt):
         if not needed.is_file():
-            sys.exit(
-                f"error: {needed} is missing; the experiment configs keep it (checkpoint.keep_epochs)"
+            raise ConfigError(
+                f"{needed} is missing; the experiment configs keep it (checkpoint.keep_epochs)"
             )
 
     # --- 1. continuations from the epoch-`start` model ----------------------------------------
@@ -197,10 +268,14 @@ def main(argv: list[str] | None = None) -> None:
     }  # fmt: skip
     for name, overrides in continuations.items():
         run_dir = runs_of / name / f"seed{args.seed}"
+        if run_status(run_dir).state == "finished":
+            continue
+        # the SGD run's own settings (e.g. data.root given to the sweep), then --extra
         train_run(
             [
-                f"experiment={args.setup}_sgd", *common, *overrides, f"epochs={horizon}", f"budget={horizon}",
-                f"resume={start_ckpt}", f"name={args.setup}/{name}/seed{args.seed}",
+                *continuation_base(f"{args.setup}_sgd", sgd_run), *common, *overrides,
+                f"epochs={horizon}", f"budget={horizon}", f"resume={start_ckpt}",
+                f"name={args.setup}/{name}/seed{args.seed}",
             ],
             run_dir,
         )  # fmt: skip
