@@ -525,3 +525,19 @@ def test_resume_ignores_where_the_data_lives_but_not_what_it_is():
     other = compose_config(["experiment=imagenet/resnet50_swa", "data.image_size=160"])
     with pytest.raises(ConfigError, match=r"differs in: data\.image_size\)"):
         check_same_config(OmegaConf.to_yaml(saved, resolve=True), other)
+
+
+def test_demo_reports_divergence_as_train_does(tmp_path):
+    """The demo runs through train's outcome handling: one error line, exit 3, failed.json."""
+    runs = tmp_path / "runs"
+    proc = subprocess.run(
+        [sys.executable, "-m", "swa_repro.demo", "optim.lr_init=1e9", "data.train_size=128",
+         "data.test_size=64", "progress=false", f"paths.runs={runs}"],
+        capture_output=True, text=True, timeout=TIMEOUT_S, env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )  # fmt: skip
+    assert proc.returncode == 3, proc.stderr[-2000:]
+    errors = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(errors) == 1 and errors[0].startswith("error: loss is nan"), proc.stderr[-2000:]
+    failed = json.loads((runs / "synthetic/small_cnn/sgd/seed0/failed.json").read_text())
+    assert failed["exit_code"] == 3 and "loss is nan" in failed["error"]
+    assert not (runs / "synthetic/small_cnn/swa").exists()  # the demo stopped at the failing run

@@ -10,19 +10,22 @@ convergence figure with plots/convergence.py.
 from __future__ import annotations
 
 import sys
+from pathlib import Path
 
 from swa_repro.cli import one_line_errors
 from swa_repro.report import metrics_table
-from swa_repro.train import compose_config, train
+from swa_repro.run_files import RunFiles
+from swa_repro.train import compose_config, train_and_report
 
 
 def run_demo(overrides: list[str]) -> tuple[dict, dict]:
+    """Both runs, with `python -m swa_repro.train`'s outcomes (exit 2/3/75, failed.json)."""
     summaries = []
     for method in ("sgd", "swa"):
         cfg = compose_config([f"experiment=synthetic/small_cnn_{method}", *overrides])
-        run_dir = f"{cfg.paths.runs}/{cfg.name}"
+        run_dir = Path(cfg.paths.runs) / cfg.name
         print(f"\n=== demo: {method.upper()} -> {run_dir}")
-        summaries.append(train(cfg, run_dir))
+        summaries.append(train_and_report(cfg, RunFiles(run_dir)))
     return summaries[0], summaries[1]
 
 

@@ -601,17 +601,19 @@ def print_summary(summary: dict, files: RunFiles) -> None:
     print(f"results: {files.summary}  metrics: {files.metrics}")
 
 
-@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
-def main(cfg: DictConfig) -> None:
-    hydra_cfg = HydraConfig.get()
-    files = RunFiles(Path(hydra_cfg.runtime.output_dir))
+def train_and_report(cfg: DictConfig, files: RunFiles, multirun: bool = False) -> dict | None:
+    """train() with a command's outcome: the summary; or one `error:` line per rank and exit
+    code 2 (bad input) / 3 (diverged), the run marked failed (failed.json) if it diverged or
+    never started; or exit 75 after a stop signal's checkpoint. In a single-process multirun a
+    failing cell returns None instead of exiting, so that the other cells go on."""
     dist = Distributed()
     try:
         validate_config(cfg)  # before joining a process group on cfg.device
         dist = Distributed.from_env(cfg.device)
-        train(cfg, files.root, dist)
+        summary = train(cfg, files.root, dist)
         if dist.is_main:  # only rank 0 writes into the run directory
             files.clear_failure()
+        return summary
     except (ConfigError, DataError, CheckpointError, NonFiniteError) as exc:
         code = EXIT_NON_FINITE if isinstance(exc, NonFiniteError) else EXIT_USER_ERROR
         # every rank says it: an error may be one rank's own (an unreadable image it was given)
@@ -624,8 +626,8 @@ def main(cfg: DictConfig) -> None:
             or not (files.candidates() or isinstance(exc, RunInUseError))
         ):
             files.record_failure(str(exc), code)
-        if hydra_cfg.mode == RunMode.MULTIRUN and not dist.enabled:
-            return  # the other cells of the sweep go on; this one is reported as failed
+        if multirun and not dist.enabled:
+            return None  # the other cells of the sweep go on; this one is reported as failed
         # Several processes: exit, so the launcher (torchrun; SLURM with SLURM_KILL_BAD_EXIT)
         # ends the others, which may be waiting for this one.
         sys.exit(code)
@@ -635,6 +637,13 @@ def main(cfg: DictConfig) -> None:
                 f"{exc}; checkpoint written, relaunch the same command to resume", file=sys.stderr
             )
         sys.exit(EXIT_PREEMPTED)
+
+
+@hydra.main(version_base="1.3", config_path=CONF_DIR, config_name="config")
+def main(cfg: DictConfig) -> None:
+    hydra_cfg = HydraConfig.get()
+    files = RunFiles(Path(hydra_cfg.runtime.output_dir))
+    train_and_report(cfg, files, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
 
 
 if __name__ == "__main__":
