@@ -707,3 +707,21 @@ def test_cells_with_fast_path_runs_are_marked(tmp_path, capsys):
     assert aggregate.cell_markdown(rows["vgg16"]["SGD"]).endswith("[fast paths: bf16, tf32]")
     rows = aggregate.build_table("table1", "cifar100", runs, ["vgg16"], [0], {})
     assert "fast paths" not in aggregate.cell_markdown(rows["vgg16"]["SGD"])
+
+
+@pytest.mark.parametrize(
+    "options, message",
+    [
+        (["--tflops", "0"], "--tflops must be a positive number, got 0.0"),
+        (["--tflops", "-5"], "--tflops must be a positive number"),
+        (["--extra", 'a"'], "does not parse as shell words: No closing quotation"),
+    ],
+)
+def test_bad_sweep_options_are_one_line_errors(tmp_path, capsys, options, message):
+    with pytest.raises(SystemExit) as exit_info:
+        sweep.main(
+            ["table1", "--dataset", "synthetic", "--runs", str(tmp_path), "--dry-run", *options]
+        )
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]

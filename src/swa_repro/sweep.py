@@ -255,9 +255,14 @@ def main(argv: list[str] | None = None) -> None:
 
     models = args.models.split(",") if args.models else list(aggregate.DEFAULT_MODELS[args.table])
     seeds = parse_seeds(args.seeds)
-    extra = shlex.split(args.extra)
+    try:
+        extra = shlex.split(args.extra)
+    except ValueError as exc:
+        raise ConfigError(f"--extra {args.extra!r} does not parse as shell words: {exc}") from None
     if args.gpus < 1:
         raise ConfigError(f"--gpus must be a positive integer, got {args.gpus}")
+    if not args.tflops > 0:
+        raise ConfigError(f"--tflops must be a positive number, got {args.tflops}")
     experiments = experiments_of(args.table, args.dataset, models)
     bench = load_bench(args.bench)
     rows = plan(experiments, seeds, args.runs, extra, args.tflops, bench)
