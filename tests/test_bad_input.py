@@ -195,6 +195,8 @@ def test_default_config_is_valid():
         (["optim.lr_init=0"], "optim.lr_init"),
         (["optim.batch_size=0"], "optim.batch_size"),
         (["eval_every=0"], "eval_every"),
+        (["device=mps"], "device must be auto, cpu, cuda or cuda:N"),
+        (["checkpoint.keep_every=-1"], "checkpoint.keep_every must be an integer >= 0"),
     ],
 )
 def test_validate_rejects(overrides, named):
