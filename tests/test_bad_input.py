@@ -299,6 +299,8 @@ def test_a_failing_cell_does_not_stop_a_multirun(tmp_path):
             "seeds must be",
         ),
         (["swa_repro.demo", "model.name=nosuch"], "unknown model.name 'nosuch'"),
+        (["swa_repro.bench", "--models", "foo"], "unknown --models name 'foo'"),
+        (["swa_repro.bench", "--speed", "nope"], "valid names: faithful, fast"),
     ],
 )
 def test_other_entry_points_fail_with_one_line(argv, message, tmp_path):
