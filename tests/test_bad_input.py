@@ -301,6 +301,10 @@ def test_a_failing_cell_does_not_stop_a_multirun(tmp_path):
         (["swa_repro.demo", "model.name=nosuch"], "unknown model.name 'nosuch'"),
         (["swa_repro.bench", "--models", "foo"], "unknown --models name 'foo'"),
         (["swa_repro.bench", "--speed", "nope"], "valid names: faithful, fast"),
+        (
+            ["swa_repro.aggregate", "table1", "--dataset", "cifar10", "--paper", "/nope.yaml"],
+            "--paper /nope.yaml: no such file",
+        ),
     ],
 )
 def test_other_entry_points_fail_with_one_line(argv, message, tmp_path):
