@@ -10,25 +10,26 @@ every run goes on the right-hand axis. Writes PNG and PDF.
 from __future__ import annotations
 
 import argparse
-import json
+import sys
 from pathlib import Path
 
-import matplotlib
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from plot_common import COLORS, one_line_errors, read_json, require  # noqa: E402
 
-matplotlib.use("Agg")
-import matplotlib.pyplot as plt  # noqa: E402
-
-COLORS = {"sgd": "tab:blue", "swa": "tab:red"}
+SUMMARY_KEYS = ("method", "lr_curve", "synthetic", "model", "data")
 
 
 def read_run(run_dir: Path) -> tuple[list[dict], dict]:
-    metrics = [
-        json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line
-    ]
-    return metrics, json.loads((run_dir / "summary.json").read_text())
+    expected = "a finished run directory of python -m swa_repro.train"
+    metrics = read_json(run_dir / "metrics.jsonl", expected, lines=True)
+    summary = read_json(run_dir / "summary.json", expected)
+    require(summary, SUMMARY_KEYS, run_dir / "summary.json", expected)
+    return metrics, summary
 
 
 def draw(run_dirs: list[Path], out: Path) -> list[Path]:
+    import matplotlib.pyplot as plt  # after plot_common chose the Agg backend
+
     fig, ax = plt.subplots(figsize=(7, 4.2))
     lr_ax = ax.twinx()
     title = None
@@ -76,6 +77,7 @@ def draw(run_dirs: list[Path], out: Path) -> list[Path]:
     return written
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("run_dirs", nargs="+", type=Path)

@@ -17,13 +17,13 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plot_common import load, save, title  # noqa: E402
+from plot_common import load, one_line_errors, save, title  # noqa: E402
 
 
 def draw(fge: Path, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    data = load(fge)
+    data = load(fge, "fge", ("sample_test_acc", "ensemble_test_acc"))
     sample = np.asarray(data["sample_test_acc"])
     ensemble = np.asarray(data["ensemble_test_acc"])
     n = np.arange(1, len(sample) + 1)
@@ -41,6 +41,7 @@ def draw(fge: Path, out: Path) -> list[Path]:
     return save(fig, out)
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("fge", type=Path)

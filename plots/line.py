@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plot_common import COLORS, load, metric_label, save, title  # noqa: E402
+from plot_common import COLORS, load, metric_label, one_line_errors, save, title  # noqa: E402
 
 LEFT, RIGHT = "train_loss", "test_err"
 LEFT_COLOR, RIGHT_COLOR = "black", "tab:green"
@@ -26,7 +26,7 @@ LEFT_COLOR, RIGHT_COLOR = "black", "tab:green"
 def draw(line: Path, out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    data = load(line)
+    data = load(line, "line", ("distance", "sgd_distance", LEFT, RIGHT))
     distance = np.asarray(data["distance"])
     sgd_distance = float(data["sgd_distance"])
     fig, ax = plt.subplots(figsize=(7, 4.2))
@@ -60,6 +60,7 @@ def draw(line: Path, out: Path) -> list[Path]:
     return save(fig, out)
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("line", type=Path)

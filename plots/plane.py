@@ -25,7 +25,17 @@ from matplotlib.figure import Figure
 from mpl_toolkits.axes_grid1 import make_axes_locatable
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plot_common import COLORS, METRICS, load, metric_label, save, suptitle_above_axes, title  # noqa: E402
+from plot_common import (  # noqa: E402
+    COLORS,
+    METRICS,
+    PlotInputError,
+    load,
+    metric_label,
+    one_line_errors,
+    save,
+    suptitle_above_axes,
+    title,
+)
 
 DEFAULT_METRICS = ("train_loss", "test_err")
 CMAP = "jet_r"
@@ -173,7 +183,10 @@ def parse_vmax(items: list[str]) -> dict[str, float]:
     out = {}
     for item in items:
         metric, _, value = item.partition("=")
-        out[metric] = float(value)
+        try:
+            out[metric] = float(value)
+        except ValueError:
+            raise PlotInputError(f"--vmax takes METRIC=VALUE, got {item!r}") from None
     return out
 
 
@@ -186,7 +199,7 @@ def draw(
 ) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    data = load(plane)
+    data = load(plane, "plane", ("x", "y", *metrics))
     vmax = vmax or {}
     fig, axes = plt.subplots(
         1, len(metrics), figsize=(5.4 * len(metrics), panel_height(data)), squeeze=False
@@ -199,6 +212,7 @@ def draw(
     return save(fig, out)
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("plane", type=Path)

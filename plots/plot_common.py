@@ -1,13 +1,18 @@
-"""Helpers shared by the analysis figures (plane, trajectory, line, rays, fge).
+"""Helpers shared by the figure scripts (plane, trajectory, line, rays, fge, convergence).
 
-Reading an analysis .npz, making a title from its `config` JSON, the labels and colours of
-the metrics, and writing a figure as PNG and PDF. Nothing here computes a result.
+Reading an analysis .npz or a run's JSON files, making a title from the `config` JSON, the
+labels and colours of the metrics, writing a figure as PNG and PDF, and ending a script with a
+one-line "error: ..." and exit code 2 (as swa_repro.cli does) when an input is missing or of
+the wrong kind. Nothing here computes a result.
 """
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -17,10 +22,21 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from convergence import COLORS  # noqa: E402
+__all__ = [
+    "COLORS",
+    "METRICS",
+    "PlotInputError",
+    "load",
+    "metric_label",
+    "one_line_errors",
+    "read_json",
+    "save",
+    "suptitle_above_axes",
+    "title",
+]
 
-__all__ = ["COLORS", "METRICS", "load", "metric_label", "save", "suptitle_above_axes", "title"]
+COLORS = {"sgd": "tab:blue", "swa": "tab:red"}
+EXIT_USER_ERROR = 2  # as swa_repro.cli
 
 # metric -> (axis label, upper end of the colour scale in the paper's plane plots)
 METRICS: dict[str, tuple[str, float]] = {
@@ -37,10 +53,64 @@ def metric_label(metric: str) -> str:
     return METRICS.get(metric, (metric.replace("_", " "), 0.0))[0]
 
 
-def load(path: Path) -> dict[str, Any]:
-    """Every array of the .npz (copied out of the file) plus `config` parsed into a dict."""
-    with np.load(path, allow_pickle=False) as npz:
-        data = {key: np.array(npz[key]) for key in npz.files}
+class PlotInputError(ValueError):
+    """An input the figure cannot be drawn from; its message is one line naming the file."""
+
+
+def one_line_errors(main):
+    """Wrap a script's main: a PlotInputError ends it with one `error: ...` line and exit 2."""
+
+    @functools.wraps(main)
+    def wrapper(*args, **kwargs):
+        try:
+            return main(*args, **kwargs)
+        except PlotInputError as exc:
+            print(f"error: {exc}", file=sys.stderr)
+            sys.exit(EXIT_USER_ERROR)
+
+    return wrapper
+
+
+def require(data: dict, keys, path: Path, expected: str) -> None:
+    """PlotInputError naming `path` and what it should be if `data` lacks any of `keys`."""
+    missing = [key for key in keys if key not in data]
+    if missing:
+        raise PlotInputError(f"{path} has no {', '.join(missing)}; expected {expected}")
+
+
+def read_json(path: Path, expected: str, lines: bool = False) -> Any:
+    """The JSON (or JSON Lines: a list of records) in `path`; PlotInputError if unreadable."""
+    if not path.is_file():
+        raise PlotInputError(f"{path}: no such file; expected {expected}")
+    try:
+        text = path.read_text()
+        return (
+            [json.loads(line) for line in text.splitlines() if line] if lines else json.loads(text)
+        )
+    except ValueError as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise PlotInputError(f"{path} is not valid JSON ({exc}); expected {expected}") from None
+
+
+def load(path: Path, analysis: str | None = None, keys=()) -> dict[str, Any]:
+    """Every array of the .npz (copied out of the file) plus `config` parsed into a dict.
+
+    PlotInputError naming the file and what was expected (the output of `python -m
+    swa_repro.analysis ANALYSIS`) if it is missing, not an .npz, or lacks any of `keys`.
+    """
+    path = Path(path)
+    expected = f"an .npz of python -m swa_repro.analysis {analysis or 'NAME'}"
+    if not path.is_file():
+        raise PlotInputError(f"{path}: no such file; expected {expected}")
+    if not zipfile.is_zipfile(path):
+        raise PlotInputError(f"{path} is not an .npz archive; expected {expected}")
+    try:
+        with np.load(path, allow_pickle=False) as npz:
+            data = {key: np.array(npz[key]) for key in npz.files}
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as exc:
+        raise PlotInputError(
+            f"{path} is not a readable .npz ({exc}); expected {expected}"
+        ) from None
+    require(data, keys, path, expected)
     raw = data.get("config")
     config: dict = {}
     if raw is not None:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plot_common import COLORS, load, metric_label, save, title  # noqa: E402
+from plot_common import COLORS, load, metric_label, one_line_errors, save, title  # noqa: E402
 
 DEFAULT_METRICS = ("train_loss", "test_err")
 OTHER_COLORS = ("tab:green", "tab:orange", "tab:purple", "tab:brown")
@@ -32,7 +32,7 @@ def draw(
 ) -> list[Path]:
     import matplotlib.pyplot as plt
 
-    data = load(rays)
+    data = load(rays, "rays", ("distances", "origins", *metrics))
     t = np.asarray(data["distances"])
     origins = [str(o) for o in data["origins"]]
     fig, axes = plt.subplots(1, len(metrics), figsize=(5.2 * len(metrics), 4.0), squeeze=False)
@@ -57,6 +57,7 @@ def draw(
     return save(fig, out)
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("rays", type=Path)

@@ -18,7 +18,14 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plane import DEFAULT_METRICS, draw_panel, panel_height, parse_vmax  # noqa: E402
-from plot_common import load, metric_label, save, suptitle_above_axes, title  # noqa: E402
+from plot_common import (  # noqa: E402
+    load,
+    metric_label,
+    one_line_errors,
+    save,
+    suptitle_above_axes,
+    title,
+)
 
 
 def row_name(data: dict, path: Path) -> str:
@@ -39,7 +46,7 @@ def draw(
     import matplotlib.pyplot as plt
 
     vmax = vmax or {}
-    datas = [load(path) for path in planes]
+    datas = [load(path, "trajectory", ("x", "y", "trajectory_xy", *metrics)) for path in planes]
     fig, axes = plt.subplots(
         len(planes),
         len(metrics),
@@ -57,6 +64,7 @@ def draw(
     return save(fig, out)
 
 
+@one_line_errors
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("planes", nargs="+", type=Path)

@@ -151,6 +151,60 @@ def num(text: str) -> float:
     return float(text)
 
 
+# --- bad input: one line, exit 2, nothing written ----------------------------------------------
+
+
+def _break(tmp_path: Path, case: str) -> list[str]:
+    """A bad input of `case`; returns the options that use it (the runs are intact otherwise)."""
+    run_dir = write_sgd(tmp_path / "runs", "cifar100", "vgg16", 0, 72.0)
+    broken = tmp_path / "broken"
+    if case == "paper_missing":
+        return ["--paper", str(tmp_path / "nope.yaml")]
+    if case == "paper_malformed":
+        broken.write_text("table1:\n  cifar100: [1,\n")
+        return ["--paper", str(broken)]
+    if case == "paper_list":
+        broken.write_text("- 1\n- 2\n")
+        return ["--paper", str(broken)]
+    if case == "out_is_a_file":
+        broken.write_text("x")
+        return ["--out", str(broken)]
+    if case == "summary_corrupt":
+        (run_dir / "summary.json").write_text('{"final": {"sgd": "unterminated')
+    elif case == "summary_not_a_summary":
+        (run_dir / "summary.json").write_text('{"status": "finished"}')
+    elif case == "config_corrupt":
+        (run_dir / "config.yaml").write_text("epochs: [225\n")
+    return []
+
+
+@pytest.mark.parametrize(
+    ("case", "message"),
+    [
+        ("paper_missing", "--paper {tmp}/nope.yaml: no such file"),
+        ("paper_malformed", "--paper {tmp}/broken is not valid YAML"),
+        ("paper_list", "--paper {tmp}/broken must map tables"),
+        ("out_is_a_file", "--out {tmp}/broken: {tmp}/broken is a file, not a folder"),
+        ("summary_corrupt", "{run}/summary.json is not valid JSON: Unterminated string"),
+        ("summary_not_a_summary", "{run}/summary.json is not a run summary"),
+        ("config_corrupt", "{run}/config.yaml is not valid YAML"),
+    ],
+)
+def test_bad_input_is_one_line_error(tmp_path, capsys, case, message):
+    options = _break(tmp_path, case)
+    out = tmp_path / "out"
+    argv = ["table1", "--dataset", "cifar100", "--models", "vgg16", "--seeds", "0"]
+    argv += ["--runs", str(tmp_path / "runs"), "--out", str(out), *options]
+    with pytest.raises(SystemExit) as exit_info:
+        aggregate.main(argv)
+    assert exit_info.value.code == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    run = tmp_path / "runs" / "cifar100" / "vgg16" / "sgd" / "seed0"
+    assert len(err) == 1 and err[0].startswith("error: "), err
+    assert message.format(tmp=tmp_path, run=run) in err[0]
+    assert not out.exists()
+
+
 # --- 1. means and sample standard deviations -----------------------------------------------------
 
 SGD_164 = [(78.10, 1.02, 0.071), (78.62, 0.98, 0.064), (78.91, 0.95, 0.052)]

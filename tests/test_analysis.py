@@ -64,6 +64,8 @@ def points(run_dir, ctx):
     )
 
 
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
 # several points per pass agree with one point per pass up to floating-point summation order
 RTOL, ATOL = 1e-5, 1e-6
 
@@ -451,6 +453,16 @@ def test_cli_bad_run_dir_exits_2_with_one_line(tmp_path):
         (["line", "multipoint_mode=gpu"], "multipoint_mode"),
         (["rays", "no_such_key=1"], "no_such_key"),
         (["fge", "cycle_epochs=3"], "cycle_epochs"),
+        (["plane", "w0={ckpt}/epoch_0002.pt:model", "margin=abc"], "margin must be a number"),
+        (["trajectory", "margin=abc"], "margin must be a number, got 'abc'"),
+        (["line", "t_max=abc"], "t_max must be a number, got 'abc'"),
+        (["rays", "max_distance=abc"], "max_distance must be a number, got 'abc'"),
+        (["fge", "lr2=abc"], "lr2 must be a number, got 'abc'"),
+        (["line", "device=mps"], "device must be auto, cpu, cuda or cuda:N, got 'mps'"),
+        (["line", "seed=abc"], "seed must be an integer >= 0, got 'abc'"),
+        (["line", "seed=-1"], "seed must be an integer >= 0, got -1"),
+        (["line", "eval_batch_size=0"], "eval_batch_size must be a positive integer, got 0"),
+        pytest.param(["line", "device=cuda"], "CUDA is not available", marks=NO_CUDA),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, argv, needle):
@@ -463,7 +475,8 @@ def test_cli_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, argv, ne
         f"out_dir={tmp_path}",
         "device=cpu",
     ]
-    args = [a.format(ckpt=ckpt) for a in argv] + (common if argv[0] != "nope" else [])
+    name, *overrides = (a.format(ckpt=ckpt) for a in argv)
+    args = [name, *(common if name != "nope" else []), *overrides]  # overrides win
     assert main(args) == EXIT_USER_ERROR
     assert needle in _one_error_line(capsys.readouterr().err)
 

@@ -195,6 +195,8 @@ def test_default_config_is_valid():
         (["optim.lr_init=0"], "optim.lr_init"),
         (["optim.batch_size=0"], "optim.batch_size"),
         (["eval_every=0"], "eval_every"),
+        (["device=mps"], "device must be auto, cpu, cuda or cuda:N"),
+        (["checkpoint.keep_every=-1"], "checkpoint.keep_every must be an integer >= 0"),
     ],
 )
 def test_validate_rejects(overrides, named):
@@ -297,6 +299,12 @@ def test_a_failing_cell_does_not_stop_a_multirun(tmp_path):
             "seeds must be",
         ),
         (["swa_repro.demo", "model.name=nosuch"], "unknown model.name 'nosuch'"),
+        (["swa_repro.bench", "--models", "foo"], "unknown --models name 'foo'"),
+        (["swa_repro.bench", "--speed", "nope"], "valid names: faithful, fast"),
+        (
+            ["swa_repro.aggregate", "table1", "--dataset", "cifar10", "--paper", "/nope.yaml"],
+            "--paper /nope.yaml: no such file",
+        ),
     ],
 )
 def test_other_entry_points_fail_with_one_line(argv, message, tmp_path):

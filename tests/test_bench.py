@@ -2,8 +2,10 @@
 
 import json
 import math
+import sys
 
 import pytest
+import torch
 
 from swa_repro import bench
 from swa_repro.analysis.common import POINTS_PER_PASS
@@ -138,3 +140,44 @@ def test_finished_models_survive_a_later_failure(tmp_path, monkeypatch):
     saved = json.loads(out.read_text())
     assert list(saved["models"]) == ["small_cnn"]
     assert set(saved["models"]["small_cnn"]["measurements"]) == set(MEASUREMENTS)
+
+
+NO_CUDA = pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+
+
+@pytest.mark.parametrize(
+    ("argv", "needles"),
+    [
+        (["--models=small_cnn,foo"], ["unknown --models name 'foo'", "small_cnn", "wrn28x10"]),
+        pytest.param(["--device=cuda"], ["CUDA is not available"], marks=NO_CUDA),
+        (["--device=mps"], ["device must be auto, cpu, cuda or cuda:N, got 'mps'"]),
+        (["--speed=nope"], ["--speed nope", "valid names: faithful, fast"]),
+        (["--speed={tmp}/bad.yaml"], ["--speed {tmp}/bad.yaml is not valid YAML"]),
+        (["--markdown", "{tmp}/none.json"], ["--markdown {tmp}/none.json: no such file"]),
+        (["--markdown", "{tmp}/bad.json"], ["--markdown {tmp}/bad.json is not valid JSON"]),
+        (["--markdown", "{tmp}/other.json"], ["{tmp}/other.json is not a benchmark JSON"]),
+        (["--train-size=-5"], ["--train-size must be a positive integer, got -5"]),
+        (["--train-size=0"], ["--train-size must be a positive integer, got 0"]),
+        (["--test-size=0"], ["--test-size must be a positive integer, got 0"]),
+        (["--ref-workers=-1"], ["--ref-workers must be an integer >= 0, got -1"]),
+        (["--threads=-1"], ["--threads must be a positive integer"]),
+        (["--out={tmp}"], ["is a folder; it must be the JSON file"]),
+        (["--out={tmp}/bad.json/bench.json"], ["{tmp}/bad.json is a file, not a folder"]),
+    ],
+)
+def test_bad_options_are_one_line_errors(argv, needles, tmp_path, capsys, monkeypatch):
+    (tmp_path / "bad.yaml").write_text("compile: true\n  bf16: false\n")
+    (tmp_path / "bad.json").write_text('{"models": ')
+    (tmp_path / "other.json").write_text('{"models": {}}')
+    monkeypatch.chdir(tmp_path)  # the default --out, should a check be missed
+    args = [a.format(tmp=tmp_path) for a in argv]
+    monkeypatch.setattr(sys, "argv", ["bench", "--size=tiny", "--repeats=1", *args])
+    with pytest.raises(SystemExit) as exit_info:
+        bench.main()
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: "), captured.err
+    for needle in needles:
+        assert needle.format(tmp=tmp_path) in err[0]
+    assert captured.out == "" and not (tmp_path / "bench.json").exists()

@@ -218,3 +218,58 @@ def test_point_styles_are_distinct():
     names = ["SGD", "SWA", "FGE 1", "epoch 125", "w0"]
     markers = {plane.point_style(n)["marker"] for n in names}
     assert len(markers) == len(names)
+
+
+def _run_script(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(PLOTS / f"{script}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.fixture(scope="module")
+def bad_inputs(tmp_path_factory, inputs) -> dict[str, Path]:
+    d = tmp_path_factory.mktemp("bad")
+    (d / "truncated.npz").write_bytes(inputs["line"].read_bytes()[:200])
+    (d / "text.npz").write_text("not an archive\n")
+    (d / "run").mkdir()
+    (d / "run" / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 5.0}\n')
+    (d / "run" / "summary.json").write_text('{"method": "sgd", "lr_cu')
+    return {"missing": d / "missing.npz", **inputs, **{p.stem: p for p in d.iterdir()}}
+
+
+@pytest.mark.parametrize(
+    ("script", "given", "needle"),
+    [
+        ("line", "missing", "missing.npz: no such file; expected an .npz of python -m swa_repro.analysis line"),
+        ("line", "truncated", "truncated.npz is not an .npz archive; expected an .npz of"),
+        ("line", "text", "text.npz is not an .npz archive"),
+        ("line", "plane", "plane.npz has no distance, sgd_distance; expected an .npz of python -m swa_repro.analysis line"),
+        ("plane", "line", "line.npz has no x, y; expected an .npz of python -m swa_repro.analysis plane"),
+        ("trajectory", "plane", "plane.npz has no trajectory_xy"),
+        ("rays", "fge", "fge.npz has no distances, origins"),
+        ("fge", "rays", "rays.npz has no sample_test_acc, ensemble_test_acc"),
+        ("fge", "missing", "missing.npz: no such file"),
+        ("convergence", "missing", "missing.npz/metrics.jsonl: no such file; expected a finished run directory"),
+        ("convergence", "run", "run/summary.json is not valid JSON"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_one_line_error(script, given, needle, bad_inputs, tmp_path):
+    out = tmp_path / "figure.png"
+    result = _run_script(script, str(bad_inputs[given]), "--out", str(out))
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), result.stderr
+    assert needle in lines[0] and str(bad_inputs[given]) in lines[0]
+    assert not out.exists() and not out.with_suffix(".pdf").exists()
+
+
+def test_bad_metric_and_vmax_are_one_line_errors(inputs, tmp_path):
+    out = ["--out", str(tmp_path / "figure.png")]
+    result = _run_script("rays", str(inputs["rays"]), "--metrics", "test_eror", *out)
+    assert result.returncode == 2 and "rays.npz has no test_eror" in result.stderr
+    result = _run_script("plane", str(inputs["plane"]), "--vmax", "test_err=high", *out)
+    assert result.returncode == 2
+    assert result.stderr.strip() == "error: --vmax takes METRIC=VALUE, got 'test_err=high'"

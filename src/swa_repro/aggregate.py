@@ -27,7 +27,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from swa_repro import REPO_ROOT
-from swa_repro.cli import one_line_errors, parse_seeds
+from swa_repro.cli import check_output_folder, one_line_errors, parse_seeds, read_json, read_yaml
+from swa_repro.config_check import ConfigError
 from swa_repro.run_files import write_text_atomic
 
 PAPER_FILE = REPO_ROOT / "experiments" / "paper_results.yaml"
@@ -122,7 +123,7 @@ class RunState:
 
 def fast_paths_of(run_dir: Path) -> set[str]:
     """The numerics-changing speed switches a run used (empty for the faithful default)."""
-    speed = OmegaConf.load(run_dir / "config.yaml").get("speed") or {}
+    speed = read_yaml(run_dir / "config.yaml", "run config").get("speed") or {}
     switches = {key for key in ("channels_last", "bf16", "tf32", "compile") if speed.get(key)}
     if speed.get("bn_refresh_batch_size"):
         switches.add("bn_refresh_batch_size")
@@ -137,9 +138,21 @@ def run_status(run_dir: Path) -> RunState:
     if (run_dir / "failed.json").is_file():
         return RunState("failed")
     config, metrics = run_dir / "config.yaml", run_dir / "metrics.jsonl"
-    epochs = OmegaConf.load(config).epochs if config.is_file() else None
+    epochs = read_yaml(config, "run config").epochs if config.is_file() else None
     lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    return RunState("running", json.loads(lines[-1])["epoch"] if lines else 0, epochs)
+    try:
+        return RunState("running", json.loads(lines[-1])["epoch"] if lines else 0, epochs)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"{metrics}: last line is not a metrics record ({exc!r})") from None
+
+
+def summary_reading(run_dir: Path, reading: str) -> dict | None:
+    """read_reading of the run's summary.json; ConfigError naming the file if it is no summary."""
+    path = run_dir / "summary.json"
+    try:
+        return read_reading(read_json(path, "run summary"), reading)
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(f"{path} is not a run summary ({exc!r})") from None
 
 
 def build_table(
@@ -159,9 +172,7 @@ def build_table(
                 run_dir = runs / dataset / model / col.method / f"seed{seed}"
                 status = run_status(run_dir)
                 if status.state == "finished":
-                    value = read_reading(
-                        json.loads((run_dir / "summary.json").read_text()), col.reading
-                    )
+                    value = summary_reading(run_dir, col.reading)
                     if value is None:
                         cell.pending.append(f"seed {seed}: no {col.reading} reading")
                     else:
@@ -336,7 +347,12 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     models = args.models.split(",") if args.models else list(DEFAULT_MODELS[args.table])
     seeds = parse_seeds(args.seeds)
-    paper = OmegaConf.to_container(OmegaConf.load(args.paper))
+    check_output_folder(args.out, f"--out {args.out}")
+    paper = OmegaConf.to_container(read_yaml(args.paper, "--paper"))
+    if not isinstance(paper, dict):
+        raise ConfigError(
+            f"--paper {args.paper} must map tables to data sets to models, not a {type(paper).__name__}"
+        )
     rows = build_table(args.table, args.dataset, args.runs, models, seeds, paper)
     md, csv_path = write_outputs(args.table, args.dataset, rows, args.out)
     markdown = md.read_text()

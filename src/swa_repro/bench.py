@@ -57,11 +57,18 @@ from swa_repro.analysis.common import POINTS_PER_PASS
 from swa_repro.analysis.points import RunContext
 from swa_repro.averaging import make_averaged_model
 from swa_repro.bn_refresh import refresh_bn
-from swa_repro.config_check import resolve_device
+from swa_repro.cli import check_output_folder, one_line_errors, read_json, read_yaml
+from swa_repro.config_check import (
+    ConfigError,
+    check_device,
+    check_int,
+    check_one_of,
+    resolve_device,
+)
 from swa_repro.data import Normalizer, Splits, TrainStream, eval_batches
 from swa_repro.fast import Speed, flat_parameters
 from swa_repro.metrics import evaluate
-from swa_repro.models import build_model, count_parameters
+from swa_repro.models import MODEL_NAMES, build_model, count_parameters
 from swa_repro.run_files import write_text_atomic
 from swa_repro.train import sgd_step
 
@@ -576,9 +583,31 @@ def synthetic_data(train_size: int, test_size: int) -> Splits:
     return Splits("synthetic", NUM_CLASSES, train_x, train_y, test_x, test_y)
 
 
+SPEED_DIR = REPO_ROOT / "conf" / "speed"
+
+
 def load_speed(name: str) -> Speed:
-    path = Path(name) if name.endswith(".yaml") else REPO_ROOT / "conf" / "speed" / f"{name}.yaml"
-    return Speed.from_cfg(OmegaConf.load(path))
+    names = sorted(p.stem for p in SPEED_DIR.glob("*.yaml"))
+    if not name.endswith(".yaml") and name not in names:
+        raise ConfigError(
+            f"--speed {name}: no conf/speed/{name}.yaml; valid names: {', '.join(names)} "
+            "(or a path ending in .yaml)"
+        )
+    path = Path(name) if name.endswith(".yaml") else SPEED_DIR / f"{name}.yaml"
+    return Speed.from_cfg(read_yaml(path, "--speed"))
+
+
+def check_args(args: argparse.Namespace, models: list[str]) -> None:
+    """ConfigError naming the first bad option (argparse has checked the types, run the device)."""
+    for name in models:
+        check_one_of(name, MODEL_NAMES, "--models name")
+    for key in ("train_size", "test_size", "threads"):
+        if getattr(args, key) is not None:
+            check_int(getattr(args, key), f"--{key.replace('_', '-')}")
+    check_int(args.ref_workers, "--ref-workers", minimum=0)
+    if Path(args.out).is_dir():
+        raise ConfigError(f"--out {args.out} is a folder; it must be the JSON file to write")
+    check_output_folder(Path(args.out).parent, f"--out {args.out}")
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
@@ -630,15 +659,18 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
 
 def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> dict:
     args = parse_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    check_device(args.device)
     device = resolve_device(args.device)
     gpu = device.type == "cuda"
     models = (args.models or ("preresnet164,wrn28x10" if gpu else "small_cnn")).split(",")
+    check_args(args, models)
+    if args.threads:
+        torch.set_num_threads(args.threads)
     size = args.size or ("full" if gpu else "small")
     sizes = dict(SIZES[size])
-    sizes["train_size"] = args.train_size or sizes["train_size"]
-    sizes["test_size"] = args.test_size or sizes["test_size"]
+    for key in ("train_size", "test_size"):
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
     size = size if sizes == SIZES[size] else "custom"
     speed = load_speed(args.speed)
     compile_on = {"on": True, "off": False, "auto": speed.compile and gpu}[args.compile]
@@ -722,11 +754,22 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
     return out
 
 
+def markdown_of_file(path: str) -> str:
+    """markdown() of a saved benchmark JSON; ConfigError naming the file if it is none."""
+    try:
+        return markdown(read_json(path, "--markdown"))
+    except (KeyError, TypeError, AttributeError) as exc:
+        raise ConfigError(
+            f"--markdown {path} is not a benchmark JSON of swa_repro.bench ({exc!r})"
+        ) from None
+
+
+@one_line_errors
 def main() -> None:
     args = parse_args(None)
     if args.markdown:
-        for path in args.markdown:
-            print(markdown(json.loads(Path(path).read_text())) + "\n")
+        texts = [markdown_of_file(path) for path in args.markdown]  # all read before any print
+        print("\n\n".join(texts) + "\n")
         return
     run()
 

@@ -5,8 +5,11 @@ from __future__ import annotations
 import functools
 import json
 import sys
+from pathlib import Path
 
+import yaml
 from hydra.errors import HydraException
+from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from swa_repro.checkpoint import CheckpointError
@@ -30,6 +33,38 @@ def parse_seeds(text: str) -> list[int]:
         return [int(seed) for seed in text.split(",")]
     except ValueError:
         raise ConfigError(f"seeds must be comma-separated integers, got {text!r}") from None
+
+
+def read_json(path: Path, what: str):
+    """The JSON in `path`; ConfigError naming `what` and the file when missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path}: no such file")
+    try:
+        return json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{what} {path} is not valid JSON: {first_line(exc)}") from None
+
+
+def read_yaml(path: Path, what: str):
+    """OmegaConf.load of `path`; ConfigError naming `what` and the file when missing or malformed."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"{what} {path}: no such file")
+    try:
+        return OmegaConf.load(path)
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+        mark = getattr(exc, "problem_mark", None)
+        detail = f"{exc.problem} (line {mark.line + 1})" if mark else first_line(exc)
+        raise ConfigError(f"{what} {path} is not valid YAML: {detail}") from None
+
+
+def check_output_folder(folder: Path, what: str) -> None:
+    """ConfigError starting with `what` unless `folder` is, or can be made, a folder (no file
+    in its place or above it)."""
+    for path in (Path(folder), *Path(folder).parents):
+        if path.exists() and not path.is_dir():
+            raise ConfigError(f"{what}: {path} is a file, not a folder")
 
 
 def first_line(exc: BaseException) -> str:

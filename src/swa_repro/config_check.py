@@ -29,43 +29,44 @@ def _positive(value, key: str) -> None:
         raise ConfigError(f"{key} must be a positive number, got {value!r}")
 
 
-def _positive_int(value, key: str) -> None:
-    if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
-        raise ConfigError(f"{key} must be a positive integer, got {value!r}")
+def check_int(value, key: str, minimum: int = 1) -> None:
+    """ConfigError naming `key` unless `value` is an integer >= minimum (a bool is not)."""
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{key} must be {what}, got {value!r}")
 
 
-def _one_of(value, valid: tuple[str, ...], key: str) -> None:
+def check_one_of(value, valid: tuple[str, ...], key: str) -> None:
+    """ConfigError naming `key` and the valid names unless `value` is one of them."""
     if value not in valid:
         raise ConfigError(f"unknown {key} '{value}'; valid names: {', '.join(sorted(valid))}")
 
 
 def validate_config(cfg) -> None:
     """Raise ConfigError naming the first problem in a training config."""
-    _one_of(cfg.model.name, MODEL_NAMES, "model.name")
-    _one_of(cfg.data.name, DATASET_NAMES, "data.name")
-    _one_of(cfg.method.name, METHOD_NAMES, "method.name")
-    _one_of(cfg.schedule.name, SCHEDULE_NAMES, "schedule.name")
-    _one_of(cfg.logger.name, LOGGER_NAMES, "logger.name")
+    check_one_of(cfg.model.name, MODEL_NAMES, "model.name")
+    check_one_of(cfg.data.name, DATASET_NAMES, "data.name")
+    check_one_of(cfg.method.name, METHOD_NAMES, "method.name")
+    check_one_of(cfg.schedule.name, SCHEDULE_NAMES, "schedule.name")
+    check_one_of(cfg.logger.name, LOGGER_NAMES, "logger.name")
     if cfg.logger.name == "wandb" and cfg.logger.mode is not None:
-        _one_of(cfg.logger.mode, ("disabled", "offline", "online"), "logger.mode")
+        check_one_of(cfg.logger.mode, ("disabled", "offline", "online"), "logger.mode")
 
-    _positive_int(cfg.epochs, "epochs")
-    _positive_int(cfg.budget, "budget")
+    check_int(cfg.epochs, "epochs")
+    check_int(cfg.budget, "budget")
     _positive(cfg.optim.lr_init, "optim.lr_init")
-    _positive_int(cfg.optim.batch_size, "optim.batch_size")
-    _positive_int(cfg.eval_every, "eval_every")
-    _positive_int(cfg.eval_batch_size, "eval_batch_size")
-    _positive_int(cfg.checkpoint.every, "checkpoint.every")
+    check_int(cfg.optim.batch_size, "optim.batch_size")
+    check_int(cfg.eval_every, "eval_every")
+    check_int(cfg.eval_batch_size, "eval_batch_size")
+    check_int(cfg.checkpoint.every, "checkpoint.every")
     if cfg.bn_refresh_images is not None:
-        _positive_int(cfg.bn_refresh_images, "bn_refresh_images")
+        check_int(cfg.bn_refresh_images, "bn_refresh_images")
     for key in ("eval_at_start", "eval_first_epoch"):
         if not isinstance(cfg[key], bool):
             raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
     if cfg.optim.momentum < 0 or cfg.optim.weight_decay < 0:
         raise ConfigError("optim.momentum and optim.weight_decay must be >= 0")
-    keep_every = cfg.checkpoint.keep_every
-    if not isinstance(keep_every, int) or isinstance(keep_every, bool) or keep_every < 0:
-        raise ConfigError(f"checkpoint.keep_every must be an integer >= 0, got {keep_every!r}")
+    check_int(cfg.checkpoint.keep_every, "checkpoint.keep_every", minimum=0)
     for epoch in cfg.checkpoint.keep_epochs:
         if not isinstance(epoch, int) or not 1 <= epoch <= cfg.epochs:
             raise ConfigError(
@@ -74,7 +75,7 @@ def validate_config(cfg) -> None:
 
     if cfg.method.swa:
         _positive(cfg.method.swa_lr, "method.swa_lr")
-        _positive_int(cfg.method.swa_c_epochs, "method.swa_c_epochs")
+        check_int(cfg.method.swa_c_epochs, "method.swa_c_epochs")
         start = cfg.method.swa_start
         if (
             not isinstance(start, int | float)
@@ -94,7 +95,7 @@ def validate_config(cfg) -> None:
     elif cfg.schedule.name == "cyclic":
         _positive(cfg.schedule.a1, "schedule.a1")
         _positive(cfg.schedule.a2, "schedule.a2")
-        _positive_int(cfg.schedule.cycle_epochs, "schedule.cycle_epochs")
+        check_int(cfg.schedule.cycle_epochs, "schedule.cycle_epochs")
         cycle = cfg.schedule.cycle_epochs
         if cfg.method.swa and (
             cfg.method.swa_c_epochs != cycle or cfg.method.swa_start % cycle != 0
@@ -112,8 +113,8 @@ def validate_config(cfg) -> None:
                 f"model.bn_weight_init is for {', '.join(DEFAULT_BN_INIT_MODELS)} only, "
                 f"not {cfg.model.name}"
             )
-        _one_of(cfg.model.bn_weight_init, BN_WEIGHT_INITS, "model.bn_weight_init")
-    _check_device(cfg.device)
+        check_one_of(cfg.model.bn_weight_init, BN_WEIGHT_INITS, "model.bn_weight_init")
+    check_device(cfg.device)
     if cfg.resume != "auto" and not Path(cfg.resume).is_file():
         raise ConfigError(
             f"resume must be 'auto' or an existing checkpoint file, got {cfg.resume!r}"
@@ -146,11 +147,10 @@ def _check_pretrained(model: str, weights: str | None, num_classes: int) -> None
 def _check_data(data) -> None:
     expected = CIFAR_CLASSES.get(data.name)
     if data.name == "imagenet":
-        _positive_int(data.num_classes, "data.num_classes")
+        check_int(data.num_classes, "data.num_classes")
         for key in ("image_size", "resize"):
-            _positive_int(data[key], f"data.{key}")
-        if not isinstance(data.workers, int) or data.workers < 0:
-            raise ConfigError(f"data.workers must be an integer >= 0, got {data.workers!r}")
+            check_int(data[key], f"data.{key}")
+        check_int(data.workers, "data.workers", minimum=0)
         if Path(data.root).expanduser().is_file():
             raise ConfigError(
                 f"data.root={data.root} is a file; it must be the folder that holds train/ and val/"
@@ -165,23 +165,32 @@ def _check_data(data) -> None:
                 f"data.root={data.root} is a file; it must be the folder that holds the data"
             )
     else:
-        _positive_int(data.num_classes, "data.num_classes")
+        check_int(data.num_classes, "data.num_classes")
         if data.num_classes < 2:
             raise ConfigError(f"data.num_classes must be at least 2, got {data.num_classes}")
-        _positive_int(data.train_size, "data.train_size")
-        _positive_int(data.test_size, "data.test_size")
+        check_int(data.train_size, "data.train_size")
+        check_int(data.test_size, "data.test_size")
 
 
-def _check_device(device: str) -> None:
+def check_device(device: str) -> None:
+    """ConfigError unless `device` is auto, cpu, or a CUDA device this machine has."""
     if device in ("auto", "cpu"):
         return
     try:
         parsed = torch.device(device)
-    except RuntimeError:
-        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}") from None
-    if parsed.type == "cuda" and not torch.cuda.is_available():
+    except (RuntimeError, TypeError):
+        parsed = None
+    if parsed is None or parsed.type not in ("cpu", "cuda"):
+        raise ConfigError(f"device must be auto, cpu, cuda or cuda:N, got {device!r}")
+    if parsed.type == "cpu":
+        return
+    if not torch.cuda.is_available():
         raise ConfigError(
             f"device={device} requested but CUDA is not available; use device=cpu or auto"
+        )
+    if parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        raise ConfigError(
+            f"device={device} requested but this machine has {torch.cuda.device_count()} GPU(s)"
         )
 
 

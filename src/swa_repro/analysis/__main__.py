@@ -13,7 +13,6 @@ from __future__ import annotations
 import sys
 from pathlib import Path
 
-import torch
 from hydra import compose, initialize_config_dir
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
@@ -39,8 +38,6 @@ ANALYSIS_CONF_DIR = str(REPO_ROOT / "conf" / "analysis")
 def context(cfg: DictConfig) -> RunContext:
     """The RunContext of cfg.run_dir with the analysis' device, eval batch size and seed."""
     run_dir = check_run_dir(cfg.run_dir)
-    if str(cfg.device).startswith("cuda") and not torch.cuda.is_available():
-        raise AnalysisError(f"device={cfg.device} requested but CUDA is not available")
     return load_context(run_dir, cfg.device, cfg.eval_batch_size, cfg.seed)
 
 

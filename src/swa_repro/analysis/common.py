@@ -27,6 +27,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import numbers
 from collections.abc import Callable, Sequence
 from pathlib import Path
 
@@ -43,6 +44,13 @@ POINTS_PER_PASS = 8  # default chunk of evaluate_grid (conf/analysis/base.yaml: 
 
 class AnalysisError(ValueError):
     """Bad input to an analysis (settings, points, an output file of other inputs); one line."""
+
+
+def check_number(value, key: str):
+    """`value` unchanged; AnalysisError naming `key` unless it is a real number (a bool is not)."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise AnalysisError(f"{key} must be a number, got {value!r}")
+    return value
 
 
 def context_settings(ctx: RunContext) -> dict:

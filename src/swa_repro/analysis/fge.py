@@ -34,7 +34,12 @@ import torch.nn.functional as F
 from torch.nn.utils import parameters_to_vector
 from tqdm.auto import tqdm
 
-from swa_repro.analysis.common import AnalysisError, context_settings, save_npz_atomic
+from swa_repro.analysis.common import (
+    AnalysisError,
+    check_number,
+    context_settings,
+    save_npz_atomic,
+)
 from swa_repro.analysis.points import METRICS, RunContext
 from swa_repro.checkpoint import load_checkpoint, save_checkpoint
 from swa_repro.data import eval_batches
@@ -92,7 +97,7 @@ def compute_fge(
         raise AnalysisError(
             f"epochs must be an integer >= cycle_epochs / 2 (one sample), got {epochs!r}"
         )
-    if not (lr1 > 0 and lr2 > 0):
+    if not (check_number(lr1, "lr1") > 0 and check_number(lr2, "lr2") > 0):
         raise AnalysisError(f"lr1 and lr2 must be > 0, got {lr1!r} and {lr2!r}")
     out_path, samples_path = Path(out_path), Path(samples_path)
     state = load_checkpoint(checkpoint)

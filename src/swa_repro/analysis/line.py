@@ -19,6 +19,7 @@ import torch
 from swa_repro.analysis.common import (
     POINTS_PER_PASS,
     AnalysisError,
+    check_number,
     context_settings,
     device_of,
     evaluate_grid,
@@ -43,7 +44,7 @@ def compute_line(
     """Evaluate w(t) for the N values of t into `out_path` (resuming it); returns the arrays."""
     if not isinstance(n_points, int) or n_points < 2:
         raise AnalysisError(f"n_points must be an integer >= 2, got {n_points!r}")
-    if not t_min < t_max:
+    if not check_number(t_min, "t_min") < check_number(t_max, "t_max"):
         raise AnalysisError(f"t_min must be below t_max, got {t_min!r} and {t_max!r}")
     settings = {
         "analysis": "line",

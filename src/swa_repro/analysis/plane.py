@@ -28,6 +28,7 @@ import torch
 from swa_repro.analysis.common import (
     POINTS_PER_PASS,
     AnalysisError,
+    check_number,
     context_settings,
     device_of,
     evaluate_grid,
@@ -96,7 +97,7 @@ def compute_plane(
     """
     if not isinstance(grid_points, int) or grid_points < 2:
         raise AnalysisError(f"grid_points must be an integer >= 2, got {grid_points!r}")
-    if margin < 0:
+    if check_number(margin, "margin") < 0:
         raise AnalysisError(f"margin must be >= 0, got {margin!r}")
     if len(labels) != 3:
         raise AnalysisError(f"labels must name w0, w1, w2 (3 labels), got {list(labels)}")

@@ -26,7 +26,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from swa_repro.bn_refresh import refresh_bn
-from swa_repro.config_check import resolve_device
+from swa_repro.config_check import check_device, check_int, resolve_device
 from swa_repro.data import Normalizer, Splits, TrainStream, eval_batches, load_data
 from swa_repro.fast import Speed
 from swa_repro.metrics import evaluate
@@ -114,6 +114,10 @@ def load_context(
     run_dir: str | Path, device: str = "auto", eval_batch_size: int | None = None, seed: int = 0
 ) -> RunContext:
     """The model and data of the run in `run_dir` (its config.yaml says which)."""
+    check_device(device)
+    check_int(seed, "seed", minimum=0)
+    if eval_batch_size is not None:
+        check_int(eval_batch_size, "eval_batch_size")
     cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
     dev = resolve_device(device)
     Speed().set_backends()  # true fp32 as in training (PyTorch enables TF32 for convolutions)

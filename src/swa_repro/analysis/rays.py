@@ -21,6 +21,7 @@ import torch
 from swa_repro.analysis.common import (
     POINTS_PER_PASS,
     AnalysisError,
+    check_number,
     context_settings,
     device_of,
     evaluate_grid,
@@ -57,7 +58,7 @@ def compute_rays(
         raise AnalysisError(f"n_directions must be an integer >= 1, got {n_directions!r}")
     if not isinstance(n_distances, int) or n_distances < 2:
         raise AnalysisError(f"n_distances must be an integer >= 2, got {n_distances!r}")
-    if not max_distance > 0:
+    if not check_number(max_distance, "max_distance") > 0:
         raise AnalysisError(f"max_distance must be > 0, got {max_distance!r}")
     settings = {
         "analysis": "rays",
