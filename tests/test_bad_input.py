@@ -86,6 +86,14 @@ def test_cli_unknown_model_group_option(tmp_path):
     _assert_stopped_before_training(proc, tmp_path)
 
 
+def test_cli_swa_start_that_never_collects_a_model(tmp_path):
+    """A real swa_start: (epoch - swa_start) is never an integer, no model would be averaged and
+    the SWA readings would be the SGD model's."""
+    overrides = [*FAST_SYNTHETIC, "epochs=4", "budget=3", "method.swa_start=2.5"]
+    line = _assert_user_error(_run_cli(tmp_path, overrides), tmp_path)
+    assert "never collects a model" in line and "integer swa_start" in line
+
+
 def test_cli_swa_start_after_last_epoch(tmp_path):
     proc = _run_cli(
         tmp_path,
@@ -195,6 +203,23 @@ def test_default_config_is_valid():
         (["optim.lr_init=0"], "optim.lr_init"),
         (["optim.batch_size=0"], "optim.batch_size"),
         (["eval_every=0"], "eval_every"),
+        (["epochs=4", "budget=3", "method.swa_start=2.5"], "never collects a model"),
+        (["optim.momentum=abc"], "optim.momentum must be a number >= 0"),
+        (["optim.weight_decay=abc"], "optim.weight_decay must be a number >= 0"),
+        (["optim.weight_decay=-1"], "optim.weight_decay must be a number >= 0"),
+        (["checkpoint.keep_epochs=5"], "checkpoint.keep_epochs must be a list"),
+        (["method.budget_readings=1.0"], "method.budget_readings must be a list"),
+        (["method=sgd", "method.budget_readings=1.0"], "method.budget_readings must be a list"),
+        (["seed=abc"], "seed must be an integer"),
+        (["data.seed=abc"], "data.seed must be an integer"),
+        (["data.signal=abc"], "data.signal must be a number >= 0"),
+        (["data.noise=-1"], "data.noise must be a number >= 0"),
+        (["data.label_noise=2"], "data.label_noise must be a fraction in [0, 1]"),
+        (["data.label_noise=-0.1"], "data.label_noise must be a fraction in [0, 1]"),
+        (["progress=maybe"], "progress must be true or false"),
+        (["device=mps"], "device must be auto, cpu, cuda or cuda:N, got 'mps'"),
+        (["device=meta"], "device must be auto, cpu, cuda or cuda:N, got 'meta'"),
+        (["device=1.5"], "device must be auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_validate_rejects(overrides, named):
@@ -225,6 +250,26 @@ def test_validate_rejects_init_and_averaging_options(overrides, message):
     assert message in _config_error(cfg)
 
 
+@pytest.mark.parametrize("start", ["2", "2.0", "1", "4"])
+def test_validate_accepts_swa_start_that_collects(start):
+    validate_config(_compose(*FAST_SYNTHETIC, "epochs=4", "budget=3", f"method.swa_start={start}"))
+
+
+def test_shortened_experiment_says_how_to_clear_keep_epochs():
+    shortened = ["experiment=synthetic/small_cnn_swa", "epochs=3", "method.swa_start=2"]
+    message = _config_error(_compose(*shortened))
+    assert "got 15" in message and "checkpoint.keep_epochs=[]" in message
+    validate_config(_compose(*shortened, "checkpoint.keep_epochs=[]"))
+
+
+def test_validate_rejects_cuda_index_beyond_the_visible_devices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    validate_config(_compose(*FAST_SYNTHETIC, "device=cuda:1"))
+    message = _config_error(_compose(*FAST_SYNTHETIC, "device=cuda:2"))
+    assert "device=cuda:2" in message and "2 CUDA device(s)" in message
+
+
 def test_validate_rejects_swa_start_past_default_epochs():
     cfg = _compose()
     message = _config_error(_compose(f"method.swa_start={cfg.epochs + 1}"))
@@ -240,6 +285,11 @@ def test_validate_lists_valid_model_names():
 def test_validate_rejects_num_classes_mismatch():
     message = _config_error(_compose("data=cifar10", "data.num_classes=100"))
     assert "data.num_classes" in message
+
+
+def test_validate_rejects_download_that_is_not_a_bool():
+    message = _config_error(_compose("data=cifar10", "data.download=maybe"))
+    assert "data.download must be true or false" in message
 
 
 def test_validate_rejects_data_root_that_is_a_file(tmp_path):
