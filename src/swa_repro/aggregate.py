@@ -48,7 +48,7 @@ class Column:
     label: str  # as printed
     method: str  # run directory name of the method
     paper_key: str  # key in paper_results.yaml
-    reading: str  # "final_sgd", "final_swa", a budget label ("1", "1.25", "1.5") or "initial"
+    reading: str  # "final_sgd", "final_swa", "initial" or a budget label ("1", "1.25", "1.5") of the SWA model
 
 
 TABLES = {
@@ -108,6 +108,15 @@ def read_reading(summary: dict, reading: str) -> dict | None:
     return None if values is None else {k: values[f"test_{k}"] for k in ("acc", "nll", "ece")}
 
 
+def sgd_stand_in(summary: dict, reading: str) -> int | None:
+    """The epoch of a budget reading that an SWA run took from the SGD model (nothing averaged
+    yet), which is no SWA value; None otherwise."""
+    if reading in ("final_sgd", "final_swa", "initial"):
+        return None
+    values = summary["budgets"].get(reading) or {}
+    return values["epoch"] if values.get("model") == "sgd" else None
+
+
 @dataclass(frozen=True)
 class RunState:
     state: str  # finished | failed | running (or interrupted) | missing
@@ -159,10 +168,15 @@ def build_table(
                 run_dir = runs / dataset / model / col.method / f"seed{seed}"
                 status = run_status(run_dir)
                 if status.state == "finished":
-                    value = read_reading(
-                        json.loads((run_dir / "summary.json").read_text()), col.reading
-                    )
-                    if value is None:
+                    summary = json.loads((run_dir / "summary.json").read_text())
+                    value = read_reading(summary, col.reading)
+                    stand_in = sgd_stand_in(summary, col.reading)
+                    if stand_in is not None:
+                        cell.pending.append(
+                            f"seed {seed}: {col.reading} reading is of the SGD model "
+                            f"(nothing averaged by epoch {stand_in})"
+                        )
+                    elif value is None:
                         cell.pending.append(f"seed {seed}: no {col.reading} reading")
                     else:
                         cell.values.append(value)

@@ -592,7 +592,10 @@ def print_summary(summary: dict, files: RunFiles) -> None:
     rows = [] if initial is None else [(f"initial model (ep {initial['epoch']})", initial)]
     rows.append(("SGD (final)", summary["final"]["sgd"]))
     if summary["final"]["swa"] is not None:
-        rows += [(f"SWA {label} budget (ep {r['epoch']})", r) for label, r in readings.items()]
+        rows += [
+            (f"{r['model'].upper()} {label} budget (ep {r['epoch']})", r)
+            for label, r in readings.items()
+        ]
     print(
         f"\n{summary['data']}{tag} {summary['model']} {summary['method']} seed {summary['seed']}: finished in "
         f"{summary['wall_time_s'] / 60:.1f} min"
