@@ -94,6 +94,21 @@ def test_cli_swa_start_that_never_collects_a_model(tmp_path):
     assert "never collects a model" in line and "integer swa_start" in line
 
 
+@pytest.mark.parametrize("damaged", ["summary.json", "config.yaml"])
+def test_cli_damaged_run_file_is_one_line_and_kept(tmp_path, damaged):
+    """Relaunching a run whose summary.json or config.yaml is damaged names the file, changes nothing."""
+    run_dir = tmp_path / "synthetic/small_cnn/swa/seed0"
+    run_dir.mkdir(parents=True)
+    config = OmegaConf.to_yaml(_compose(*FAST_SYNTHETIC, f"paths.runs={tmp_path}"), resolve=True)
+    files = {"config.yaml": config, "summary.json": '{"status": "finished"}\n'}
+    files[damaged] = files[damaged][: len(files[damaged]) // 2] + "\t{["
+    for name, text in files.items():
+        (run_dir / name).write_text(text)
+    line = _assert_user_error(_run_cli(tmp_path, FAST_SYNTHETIC), tmp_path)
+    assert str(run_dir / damaged) in line
+    assert {p.name: p.read_text() for p in run_dir.iterdir() if p.name in files} == files
+
+
 def test_cli_swa_start_after_last_epoch(tmp_path):
     proc = _run_cli(
         tmp_path,
