@@ -79,11 +79,17 @@ def test_cli_unknown_model_name(tmp_path):
         assert valid in line
 
 
-def test_cli_unknown_model_group_option(tmp_path):
-    proc = _run_cli(tmp_path, [*FAST_SYNTHETIC, "model=foo"])
-    assert proc.returncode != 0
-    assert "model/foo" in proc.stderr, proc.stderr
-    _assert_stopped_before_training(proc, tmp_path)
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model=foo", ["model/foo", "preresnet164", "small_cnn", "wrn28x10"]),
+        ("experiment=synthetic/nope", ["experiment/synthetic/nope", "synthetic/small_cnn_swa"]),
+        ("foo=1", ["'foo'", "+foo=1"]),
+    ],
+)
+def test_cli_unknown_group_option_or_key(tmp_path, override, named):
+    line = _assert_user_error(_run_cli(tmp_path, [*FAST_SYNTHETIC, override]), tmp_path)
+    assert all(text in line for text in named), line
 
 
 def test_cli_swa_start_that_never_collects_a_model(tmp_path):
