@@ -308,6 +308,30 @@ def test_finished_and_missing_seeds_mean_over_finished_only(tmp_path, capsys):
     assert list(md_tables(text)[0]) == ["vgg16"]
 
 
+def test_swa_reading_of_the_sgd_model_is_not_an_swa_value(tmp_path, capsys):
+    """A budget epoch before the first averaged model: the run read the SGD model there, which
+    must not count as SWA (seed 0's 1-budget reading here; alone it leaves the cell empty)."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    for seed, acc in enumerate((70.0, 71.0, 72.0)):
+        run_dir = write_swa(
+            runs, "cifar100", "vgg16", seed, dict.fromkeys(SWA_LABELS, (acc, 1, 0.1))
+        )
+        if seed == 0:
+            summary = json.loads((run_dir / "summary.json").read_text())
+            summary["budgets"]["1"]["model"] = "sgd"
+            write_summary(run_dir, summary)
+    args = ["table1", "--dataset", "cifar100", "--runs", str(runs), "--out", str(out)]
+    text = run_main(capsys, [*args, "--models", "vgg16", "--seeds", "0,1,2"])
+    table = read_csv(out / "table1_cifar100.csv")
+    row = table[("vgg16", "SWA 1 budget")]
+    assert (row["n"], num(row["acc_mean"])) == ("2", pytest.approx(71.5))
+    assert row["pending"] == "seed 0: 1 reading is of the SGD model (nothing averaged by epoch 150)"
+    assert "- vgg16 SWA 1 budget: seed 0: 1 reading is of the SGD model" in text
+    assert table[("vgg16", "SWA 1.25 budgets")]["n"] == "3"
+    text = run_main(capsys, [*args, "--models", "vgg16", "--seeds", "0"])
+    assert md_tables(text)[0]["vgg16"]["SWA 1 budget"] == "no reading"
+
+
 # --- 2. the paper's values beside ours ---------------------------------------------------------
 
 

@@ -79,11 +79,40 @@ def test_cli_unknown_model_name(tmp_path):
         assert valid in line
 
 
-def test_cli_unknown_model_group_option(tmp_path):
-    proc = _run_cli(tmp_path, [*FAST_SYNTHETIC, "model=foo"])
-    assert proc.returncode != 0
-    assert "model/foo" in proc.stderr, proc.stderr
-    _assert_stopped_before_training(proc, tmp_path)
+@pytest.mark.parametrize(
+    ("override", "named"),
+    [
+        ("model=foo", ["model/foo", "preresnet164", "small_cnn", "wrn28x10"]),
+        ("experiment=synthetic/nope", ["experiment/synthetic/nope", "synthetic/small_cnn_swa"]),
+        ("foo=1", ["'foo'", "+foo=1"]),
+    ],
+)
+def test_cli_unknown_group_option_or_key(tmp_path, override, named):
+    line = _assert_user_error(_run_cli(tmp_path, [*FAST_SYNTHETIC, override]), tmp_path)
+    assert all(text in line for text in named), line
+
+
+def test_cli_swa_start_that_never_collects_a_model(tmp_path):
+    """A real swa_start: (epoch - swa_start) is never an integer, no model would be averaged and
+    the SWA readings would be the SGD model's."""
+    overrides = [*FAST_SYNTHETIC, "epochs=4", "budget=3", "method.swa_start=2.5"]
+    line = _assert_user_error(_run_cli(tmp_path, overrides), tmp_path)
+    assert "never collects a model" in line and "integer swa_start" in line
+
+
+@pytest.mark.parametrize("damaged", ["summary.json", "config.yaml"])
+def test_cli_damaged_run_file_is_one_line_and_kept(tmp_path, damaged):
+    """Relaunching a run whose summary.json or config.yaml is damaged names the file, changes nothing."""
+    run_dir = tmp_path / "synthetic/small_cnn/swa/seed0"
+    run_dir.mkdir(parents=True)
+    config = OmegaConf.to_yaml(_compose(*FAST_SYNTHETIC, f"paths.runs={tmp_path}"), resolve=True)
+    files = {"config.yaml": config, "summary.json": '{"status": "finished"}\n'}
+    files[damaged] = files[damaged][: len(files[damaged]) // 2] + "\t{["
+    for name, text in files.items():
+        (run_dir / name).write_text(text)
+    line = _assert_user_error(_run_cli(tmp_path, FAST_SYNTHETIC), tmp_path)
+    assert str(run_dir / damaged) in line
+    assert {p.name: p.read_text() for p in run_dir.iterdir() if p.name in files} == files
 
 
 def test_cli_swa_start_after_last_epoch(tmp_path):
@@ -195,8 +224,24 @@ def test_default_config_is_valid():
         (["optim.lr_init=0"], "optim.lr_init"),
         (["optim.batch_size=0"], "optim.batch_size"),
         (["eval_every=0"], "eval_every"),
-        (["device=mps"], "device must be auto, cpu, cuda or cuda:N"),
         (["checkpoint.keep_every=-1"], "checkpoint.keep_every must be an integer >= 0"),
+        (["epochs=4", "budget=3", "method.swa_start=2.5"], "never collects a model"),
+        (["optim.momentum=abc"], "optim.momentum must be a number >= 0"),
+        (["optim.weight_decay=abc"], "optim.weight_decay must be a number >= 0"),
+        (["optim.weight_decay=-1"], "optim.weight_decay must be a number >= 0"),
+        (["checkpoint.keep_epochs=5"], "checkpoint.keep_epochs must be a list"),
+        (["method.budget_readings=1.0"], "method.budget_readings must be a list"),
+        (["method=sgd", "method.budget_readings=1.0"], "method.budget_readings must be a list"),
+        (["seed=abc"], "seed must be an integer"),
+        (["data.seed=abc"], "data.seed must be an integer"),
+        (["data.signal=abc"], "data.signal must be a number >= 0"),
+        (["data.noise=-1"], "data.noise must be a number >= 0"),
+        (["data.label_noise=2"], "data.label_noise must be a fraction in [0, 1]"),
+        (["data.label_noise=-0.1"], "data.label_noise must be a fraction in [0, 1]"),
+        (["progress=maybe"], "progress must be true or false"),
+        (["device=mps"], "device must be auto, cpu, cuda or cuda:N, got 'mps'"),
+        (["device=meta"], "device must be auto, cpu, cuda or cuda:N, got 'meta'"),
+        (["device=1.5"], "device must be auto, cpu, cuda or cuda:N"),
     ],
 )
 def test_validate_rejects(overrides, named):
@@ -227,6 +272,26 @@ def test_validate_rejects_init_and_averaging_options(overrides, message):
     assert message in _config_error(cfg)
 
 
+@pytest.mark.parametrize("start", ["2", "2.0", "1", "4"])
+def test_validate_accepts_swa_start_that_collects(start):
+    validate_config(_compose(*FAST_SYNTHETIC, "epochs=4", "budget=3", f"method.swa_start={start}"))
+
+
+def test_shortened_experiment_says_how_to_clear_keep_epochs():
+    shortened = ["experiment=synthetic/small_cnn_swa", "epochs=3", "method.swa_start=2"]
+    message = _config_error(_compose(*shortened))
+    assert "got 15" in message and "checkpoint.keep_epochs=[]" in message
+    validate_config(_compose(*shortened, "checkpoint.keep_epochs=[]"))
+
+
+def test_validate_rejects_cuda_index_beyond_the_visible_devices(monkeypatch):
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    validate_config(_compose(*FAST_SYNTHETIC, "device=cuda:1"))
+    message = _config_error(_compose(*FAST_SYNTHETIC, "device=cuda:2"))
+    assert "device=cuda:2" in message and "this machine has 2 GPU(s)" in message
+
+
 def test_validate_rejects_swa_start_past_default_epochs():
     cfg = _compose()
     message = _config_error(_compose(f"method.swa_start={cfg.epochs + 1}"))
@@ -242,6 +307,11 @@ def test_validate_lists_valid_model_names():
 def test_validate_rejects_num_classes_mismatch():
     message = _config_error(_compose("data=cifar10", "data.num_classes=100"))
     assert "data.num_classes" in message
+
+
+def test_validate_rejects_download_that_is_not_a_bool():
+    message = _config_error(_compose("data=cifar10", "data.download=maybe"))
+    assert "data.download must be true or false" in message
 
 
 def test_validate_rejects_data_root_that_is_a_file(tmp_path):

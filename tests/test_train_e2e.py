@@ -267,3 +267,12 @@ def test_same_seed_same_metrics_other_seed_differs(tmp_path):
     assert runs["a"] == runs["b"]
     assert runs["a"] != runs["c"]
     assert [m["epoch"] for m in runs["a"]] == [m["epoch"] for m in runs["c"]]
+
+
+def test_budget_reading_before_any_average_is_labelled_sgd(tmp_path, capsys):
+    """Budget epoch 2 comes before swa_start=3: that reading is the SGD model's, and says so."""
+    cfg = _compose(*TINY_OVERRIDES, "method.swa_start=3")
+    summary = train(cfg, tmp_path / "run")
+    assert summary["budgets"]["1"]["model"] == "sgd" and summary["budgets"]["1.5"]["model"] == "swa"
+    out = capsys.readouterr().out
+    assert "SGD 1 budget (ep 2)" in out and "SWA 1.5 budget (ep 3)" in out

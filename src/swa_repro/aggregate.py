@@ -49,7 +49,7 @@ class Column:
     label: str  # as printed
     method: str  # run directory name of the method
     paper_key: str  # key in paper_results.yaml
-    reading: str  # "final_sgd", "final_swa", a budget label ("1", "1.25", "1.5") or "initial"
+    reading: str  # "final_sgd", "final_swa", "initial" or a budget label ("1", "1.25", "1.5") of the SWA model
 
 
 TABLES = {
@@ -109,6 +109,15 @@ def read_reading(summary: dict, reading: str) -> dict | None:
     return None if values is None else {k: values[f"test_{k}"] for k in ("acc", "nll", "ece")}
 
 
+def sgd_stand_in(summary: dict, reading: str) -> int | None:
+    """The epoch of a budget reading that an SWA run took from the SGD model (nothing averaged
+    yet), which is no SWA value; None otherwise."""
+    if reading in ("final_sgd", "final_swa", "initial"):
+        return None
+    values = summary["budgets"].get(reading) or {}
+    return values["epoch"] if values.get("model") == "sgd" else None
+
+
 @dataclass(frozen=True)
 class RunState:
     state: str  # finished | failed | running (or interrupted) | missing
@@ -146,11 +155,13 @@ def run_status(run_dir: Path) -> RunState:
         raise ConfigError(f"{metrics}: last line is not a metrics record ({exc!r})") from None
 
 
-def summary_reading(run_dir: Path, reading: str) -> dict | None:
-    """read_reading of the run's summary.json; ConfigError naming the file if it is no summary."""
+def summary_reading(run_dir: Path, reading: str) -> tuple[dict | None, int | None]:
+    """read_reading and sgd_stand_in of the run's summary.json; ConfigError naming the file if
+    it is no summary."""
     path = run_dir / "summary.json"
+    summary = read_json(path, "run summary")
     try:
-        return read_reading(read_json(path, "run summary"), reading)
+        return read_reading(summary, reading), sgd_stand_in(summary, reading)
     except (KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path} is not a run summary ({exc!r})") from None
 
@@ -172,8 +183,13 @@ def build_table(
                 run_dir = runs / dataset / model / col.method / f"seed{seed}"
                 status = run_status(run_dir)
                 if status.state == "finished":
-                    value = summary_reading(run_dir, col.reading)
-                    if value is None:
+                    value, stand_in = summary_reading(run_dir, col.reading)
+                    if stand_in is not None:
+                        cell.pending.append(
+                            f"seed {seed}: {col.reading} reading is of the SGD model "
+                            f"(nothing averaged by epoch {stand_in})"
+                        )
+                    elif value is None:
                         cell.pending.append(f"seed {seed}: no {col.reading} reading")
                     else:
                         cell.values.append(value)

@@ -5,7 +5,9 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
+from omegaconf import ListConfig
 
+from swa_repro.averaging import is_averaging_epoch
 from swa_repro.data import DATASET_NAMES
 from swa_repro.models import (
     BN_WEIGHT_INITS,
@@ -24,16 +26,44 @@ class ConfigError(ValueError):
     """A configuration mistake; its message is one line."""
 
 
+def _is_number(value) -> bool:
+    return isinstance(value, int | float) and not isinstance(value, bool)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
 def _positive(value, key: str) -> None:
-    if not isinstance(value, int | float) or isinstance(value, bool) or value <= 0:
+    if not _is_number(value) or not value > 0:
         raise ConfigError(f"{key} must be a positive number, got {value!r}")
+
+
+def _non_negative(value, key: str) -> None:
+    if not _is_number(value) or not value >= 0:
+        raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
 
 
 def check_int(value, key: str, minimum: int = 1) -> None:
     """ConfigError naming `key` unless `value` is an integer >= minimum (a bool is not)."""
-    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+    if not _is_int(value) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
         raise ConfigError(f"{key} must be {what}, got {value!r}")
+
+
+def _integer(value, key: str) -> None:
+    if not _is_int(value):
+        raise ConfigError(f"{key} must be an integer, got {value!r}")
+
+
+def _boolean(value, key: str) -> None:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{key} must be true or false, got {value!r}")
+
+
+def _list(value, key: str) -> None:
+    if not isinstance(value, ListConfig | list | tuple):
+        raise ConfigError(f"{key} must be a list such as [1, 2], got {value!r}")
 
 
 def check_one_of(value, valid: tuple[str, ...], key: str) -> None:
@@ -54,41 +84,42 @@ def validate_config(cfg) -> None:
 
     check_int(cfg.epochs, "epochs")
     check_int(cfg.budget, "budget")
+    _integer(cfg.seed, "seed")
     _positive(cfg.optim.lr_init, "optim.lr_init")
+    _non_negative(cfg.optim.momentum, "optim.momentum")
+    _non_negative(cfg.optim.weight_decay, "optim.weight_decay")
     check_int(cfg.optim.batch_size, "optim.batch_size")
     check_int(cfg.eval_every, "eval_every")
     check_int(cfg.eval_batch_size, "eval_batch_size")
     check_int(cfg.checkpoint.every, "checkpoint.every")
     if cfg.bn_refresh_images is not None:
         check_int(cfg.bn_refresh_images, "bn_refresh_images")
-    for key in ("eval_at_start", "eval_first_epoch"):
-        if not isinstance(cfg[key], bool):
-            raise ConfigError(f"{key} must be true or false, got {cfg[key]!r}")
-    if cfg.optim.momentum < 0 or cfg.optim.weight_decay < 0:
-        raise ConfigError("optim.momentum and optim.weight_decay must be >= 0")
+    for key in ("eval_at_start", "eval_first_epoch", "progress"):
+        _boolean(cfg[key], key)
     check_int(cfg.checkpoint.keep_every, "checkpoint.keep_every", minimum=0)
+    _list(cfg.checkpoint.keep_epochs, "checkpoint.keep_epochs")
     for epoch in cfg.checkpoint.keep_epochs:
-        if not isinstance(epoch, int) or not 1 <= epoch <= cfg.epochs:
+        if not _is_int(epoch) or not 1 <= epoch <= cfg.epochs:
             raise ConfigError(
-                f"checkpoint.keep_epochs entries must be epochs in 1..{cfg.epochs}, got {epoch!r}"
+                f"checkpoint.keep_epochs entries must be epochs in 1..{cfg.epochs}, got {epoch!r}; "
+                "set checkpoint.keep_epochs=[] to clear the list"
             )
+    _list(cfg.method.budget_readings, "method.budget_readings")
+    for reading in cfg.method.budget_readings:
+        _positive(reading, "method.budget_readings entries")
 
     if cfg.method.swa:
         _positive(cfg.method.swa_lr, "method.swa_lr")
         check_int(cfg.method.swa_c_epochs, "method.swa_c_epochs")
-        start = cfg.method.swa_start
-        if (
-            not isinstance(start, int | float)
-            or isinstance(start, bool)
-            or not 1 <= start <= cfg.epochs
-        ):
+        start, every = cfg.method.swa_start, cfg.method.swa_c_epochs
+        if not _is_number(start) or not 1 <= start <= cfg.epochs:
             raise ConfigError(f"method.swa_start must lie in 1..epochs={cfg.epochs}, got {start!r}")
-        for reading in cfg.method.budget_readings:
-            _positive(reading, "method.budget_readings entries")
-        if not isinstance(cfg.method.swa_include_start, bool):
+        if not any(is_averaging_epoch(e, start, every) for e in range(cfg.epochs)):
             raise ConfigError(
-                f"method.swa_include_start must be true or false, got {cfg.method.swa_include_start!r}"
+                f"method.swa_start={start} with method.swa_c_epochs={every} never collects a model "
+                f"within epochs={cfg.epochs}; use an integer swa_start"
             )
+        _boolean(cfg.method.swa_include_start, "method.swa_include_start")
 
     if cfg.schedule.name == "constant":
         _positive(cfg.schedule.lr, "schedule.lr")
@@ -164,12 +195,20 @@ def _check_data(data) -> None:
             raise ConfigError(
                 f"data.root={data.root} is a file; it must be the folder that holds the data"
             )
+        _boolean(data.download, "data.download")
     else:
         check_int(data.num_classes, "data.num_classes")
         if data.num_classes < 2:
             raise ConfigError(f"data.num_classes must be at least 2, got {data.num_classes}")
         check_int(data.train_size, "data.train_size")
         check_int(data.test_size, "data.test_size")
+        _integer(data.seed, "data.seed")
+        for key in ("signal", "distractor", "noise"):
+            _non_negative(data[key], f"data.{key}")
+        if not _is_number(data.label_noise) or not 0 <= data.label_noise <= 1:
+            raise ConfigError(
+                f"data.label_noise must be a fraction in [0, 1], got {data.label_noise!r}"
+            )
 
 
 def check_device(device: str) -> None:

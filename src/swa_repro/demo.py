@@ -32,7 +32,8 @@ def run_demo(overrides: list[str]) -> tuple[dict, dict]:
 def comparison_table(sgd: dict, swa: dict) -> str:
     rows = [(f"SGD ({sgd['epochs']} epochs)", sgd["final"]["sgd"])]
     rows += [
-        (f"SWA {label} budget ({r['epoch']} epochs)", r) for label, r in swa["budgets"].items()
+        (f"{r['model'].upper()} {label} budget ({r['epoch']} epochs)", r)
+        for label, r in swa["budgets"].items()
     ]
     header = f"SYNTHETIC DATA (not CIFAR) | {sgd['model']} | budget {sgd['budget']} epochs | seed {sgd['seed']}"
     lines = [header, metrics_table(rows)]

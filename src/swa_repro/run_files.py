@@ -21,6 +21,7 @@ import os
 from contextlib import contextmanager
 from pathlib import Path
 
+import yaml
 from omegaconf import DictConfig, OmegaConf
 
 from swa_repro.checkpoint import (
@@ -30,6 +31,7 @@ from swa_repro.checkpoint import (
     save_checkpoint,
     write_atomic,
 )
+from swa_repro.cli import first_line
 from swa_repro.config_check import ConfigError
 
 # Keys (dotted paths) that may differ between a run and its resumption: they do not change
@@ -93,10 +95,10 @@ class RunFiles:
         (self.root / "failed.json").unlink(missing_ok=True)
 
     def read_summary(self) -> dict:
-        return json.loads(self.summary.read_text())
+        return _parse(self.summary, json.loads)
 
-    def read_config(self) -> str:
-        return (self.root / "config.yaml").read_text()
+    def read_config(self) -> DictConfig:
+        return _parse(self.root / "config.yaml", OmegaConf.create)
 
     def write_config(self, cfg: DictConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
@@ -172,9 +174,19 @@ def find_resume_state(resume: str, files: RunFiles) -> dict | None:
     return None
 
 
-def check_same_config(saved_yaml: str, cfg: DictConfig) -> None:
-    """Refuse to continue a run under a different configuration."""
-    saved = OmegaConf.to_container(OmegaConf.create(saved_yaml))
+def _parse(path: Path, parse):
+    """parse(the text of `path`); an unreadable or damaged file is a one-line error naming it (and is left as it is)."""
+    try:
+        return parse(path.read_text())
+    except (OSError, ValueError, yaml.YAMLError) as exc:  # JSONDecodeError, UnicodeDecodeError
+        raise ConfigError(
+            f"{path} cannot be read ({first_line(exc)}); restore it or move the run directory away"
+        ) from None
+
+
+def check_same_config(saved: str | DictConfig, cfg: DictConfig) -> None:
+    """Refuse to continue a run under a different configuration (saved: YAML text or a config)."""
+    saved = OmegaConf.to_container(OmegaConf.create(saved))
     current = OmegaConf.to_container(cfg, resolve=True)
     differing = sorted(_differences(saved, current))
     if differing:

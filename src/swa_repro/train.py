@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from hydra import compose, initialize_config_dir
 from hydra.core.hydra_config import HydraConfig
+from hydra.errors import ConfigCompositionException, MissingConfigException
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
@@ -38,7 +39,7 @@ from swa_repro import REPO_ROOT
 from swa_repro.averaging import is_averaging_epoch, make_averaged_model
 from swa_repro.bn_refresh import refresh_bn
 from swa_repro.checkpoint import CheckpointError, load_checkpoint
-from swa_repro.cli import EXIT_USER_ERROR
+from swa_repro.cli import EXIT_USER_ERROR, first_line, one_line_errors
 from swa_repro.config_check import ConfigError, validate_config
 from swa_repro.data import DataError, open_data
 from swa_repro.distributed import Distributed
@@ -61,6 +62,28 @@ def compose_config(overrides: list[str] | tuple[str, ...] = ()) -> DictConfig:
     """The config `python -m swa_repro.train *overrides` runs with (outside a Hydra job)."""
     with initialize_config_dir(config_dir=CONF_DIR, version_base="1.3"):
         return compose("config", overrides=list(overrides))
+
+
+def check_overrides(overrides: list[str]) -> None:
+    """Compose a single run's overrides as Hydra will, so that an unknown config group option or
+    key is a ConfigError of one line (Hydra itself reports it over several lines, exit code 1)."""
+    try:
+        compose_config(overrides)
+    except MissingConfigException as exc:
+        options = exc.options or nested_options(exc.missing_cfg_file)
+        raise ConfigError(f"{first_line(exc)}; valid options: {', '.join(options)}") from None
+    except ConfigCompositionException as exc:
+        raise ConfigError(" ".join(line.strip() for line in str(exc).splitlines())) from None
+
+
+def nested_options(missing: str) -> list[str]:
+    """The options of a group kept in subfolders (experiment=synthetic/small_cnn_swa) below the
+    deepest existing folder of the missing config `missing` (e.g. "experiment/synthetic/nope")."""
+    group = Path(CONF_DIR) / missing.split("/")[0]
+    folder = Path(CONF_DIR) / missing
+    while not folder.is_dir():
+        folder = folder.parent
+    return sorted(str(path.relative_to(group).with_suffix("")) for path in folder.rglob("*.yaml"))
 
 
 class NonFiniteError(RuntimeError):
@@ -592,7 +615,10 @@ def print_summary(summary: dict, files: RunFiles) -> None:
     rows = [] if initial is None else [(f"initial model (ep {initial['epoch']})", initial)]
     rows.append(("SGD (final)", summary["final"]["sgd"]))
     if summary["final"]["swa"] is not None:
-        rows += [(f"SWA {label} budget (ep {r['epoch']})", r) for label, r in readings.items()]
+        rows += [
+            (f"{r['model'].upper()} {label} budget (ep {r['epoch']})", r)
+            for label, r in readings.items()
+        ]
     print(
         f"\n{summary['data']}{tag} {summary['model']} {summary['method']} seed {summary['seed']}: finished in "
         f"{summary['wall_time_s'] / 60:.1f} min"
@@ -646,5 +672,14 @@ def main(cfg: DictConfig) -> None:
     train_and_report(cfg, files, multirun=hydra_cfg.mode == RunMode.MULTIRUN)
 
 
-if __name__ == "__main__":
+def cli() -> None:
+    """`python -m swa_repro.train`: a single run's overrides are checked first (check_overrides);
+    with Hydra's flags (-m, --cfg, ...) everything is left to Hydra."""
+    overrides = sys.argv[1:]
+    if not any(arg.startswith("-") for arg in overrides):
+        one_line_errors(check_overrides)(overrides)
     main()
+
+
+if __name__ == "__main__":
+    cli()
