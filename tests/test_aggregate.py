@@ -762,7 +762,7 @@ def test_plan_estimates_from_measured_throughput(cpu_bench, tmp_path, capsys):
 
 @pytest.mark.parametrize(
     "content, message",
-    [(None, "no such file"), ("{}", "is not a benchmark JSON"), ("[1,", "is not a benchmark JSON")],
+    [(None, "no such file"), ("{}", "is not a benchmark JSON"), ("[1,", "is not valid JSON")],
 )
 def test_bad_bench_file_is_one_line_error(tmp_path, capsys, content, message):
     path = tmp_path / "bench.json"

@@ -22,7 +22,6 @@ an assumed sustained --tflops (memory-bound models such as the PreResNets run sl
 from __future__ import annotations
 
 import argparse
-import json
 import shlex
 import subprocess
 import sys
@@ -32,7 +31,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from swa_repro import REPO_ROOT, aggregate
-from swa_repro.cli import one_line_errors, parse_seeds
+from swa_repro.cli import one_line_errors, parse_seeds, read_json
 from swa_repro.config_check import ConfigError
 from swa_repro.fast import Speed
 from swa_repro.models import build_model
@@ -87,10 +86,8 @@ def load_bench(option: str | None) -> dict | None:
     if option == "none" or (option is None and not GPU_BENCH.is_file()):
         return None
     path = Path(option) if option is not None else GPU_BENCH
-    if not path.is_file():
-        raise ConfigError(f"--bench {path}: no such file")
+    bench = read_json(path, "--bench")
     try:
-        bench = json.loads(path.read_text())
         rates = {
             name: {k: m["measurements"][k]["ours"] for k in BENCH_RATES}
             for name, m in bench["models"].items()
@@ -102,7 +99,7 @@ def load_bench(option: str | None) -> dict | None:
             "batch_size": bench["settings"]["batch_size"],
             "rates": rates,
         }
-    except (ValueError, KeyError, TypeError) as exc:
+    except (KeyError, TypeError, AttributeError) as exc:
         raise ConfigError(f"{path} is not a benchmark JSON of swa_repro.bench ({exc!r})") from None
 
 
