@@ -653,6 +653,10 @@ def test_run_flops_hand_computation():
     demo = _compose_experiment("synthetic/small_cnn_swa")
     expected = 6 * m * 5000 * 30 + 2 * m * ((17 + 9) * 2000 + 9 * 5000)
     assert sweep.run_flops(demo, m, 0) == pytest.approx(expected, rel=1e-12)
+    # the starting weights in the average: SWA is evaluated (with a refresh) from the first evaluation
+    demo = compose_config(["experiment=synthetic/small_cnn_swa", "method.swa_include_start=true"])
+    expected = 6 * m * 5000 * 30 + 2 * m * ((17 + 17) * 2000 + 17 * 5000)
+    assert sweep.run_flops(demo, m, 0) == pytest.approx(expected, rel=1e-12)
 
 
 ROW = re.compile(r"^(\S+)\s+(\d+)  (.+?)\s+(\d+\.\d\d)  (.+)$")

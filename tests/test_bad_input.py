@@ -261,9 +261,12 @@ def test_validate_rejects(overrides, named):
     [
         (
             ["model=wrn28x10", "model.bn_weight_init=normal"],
-            "unknown model.bn_weight_init 'normal'",
+            "model.bn_weight_init must be one of uniform, ones, got 'normal'",
         ),
-        (["model=preresnet164", "+model.bn_weight_init=ones"], "model.bn_weight_init is for"),
+        (
+            ["model=preresnet164", "+model.bn_weight_init=ones"],
+            "model.bn_weight_init applies to vgg16bn, wrn28x10 only, not 'preresnet164'",
+        ),
         (["method.swa_include_start=maybe"], "method.swa_include_start must be true or false"),
     ],
 )

@@ -517,6 +517,8 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(image_folder, tmp_path):
     for which in ("model", "swa_model"):
         for key, value in a[which].items():
             assert torch.equal(value, b[which][key]), (which, key)
+    # the pretrained (starting) weights entered the average once, not again on resuming
+    assert int(b["swa_model"]["n_averaged"]) == 3 + 1
     metrics = [
         json.loads(next((tmp_path / n).rglob("metrics.jsonl")).read_text().splitlines()[-1])
         for n in ("whole", "stopped")

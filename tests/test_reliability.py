@@ -541,3 +541,17 @@ def test_demo_reports_divergence_as_train_does(tmp_path):
     failed = json.loads((runs / "synthetic/small_cnn/sgd/seed0/failed.json").read_text())
     assert failed["exit_code"] == 3 and "loss is nan" in failed["error"]
     assert not (runs / "synthetic/small_cnn/swa").exists()  # the demo stopped at the failing run
+
+
+def test_runs_saved_before_keys_were_added_still_resume():
+    """A config.yaml without method.swa_include_start / model.bn_weight_init (saved before they
+    existed) resumes when the current values mean what it ran with."""
+    cfg = compose_config(["experiment=cifar100/wrn28x10_swa"])
+    old = OmegaConf.to_container(cfg, resolve=True)
+    del old["method"]["swa_include_start"], old["model"]["bn_weight_init"]
+    check_same_config(OmegaConf.to_yaml(OmegaConf.create(old)), cfg)
+    including = compose_config(
+        ["experiment=cifar100/wrn28x10_swa", "method.swa_include_start=true"]
+    )
+    with pytest.raises(ConfigError, match=r"differs in: method\.swa_include_start\)"):
+        check_same_config(OmegaConf.to_yaml(OmegaConf.create(old)), including)

@@ -503,7 +503,7 @@ def markdown(result: dict) -> str:
             f"| derived: 21 x 21 plane | {d['plane_21x21_s']['ours']:.0f} s "
             f"| {d['plane_21x21_s']['reference']:.0f} s | x{d['plane_21x21_s']['ratio']:.2f} |",
         ]
-        if settings["train_size"] != CIFAR_TRAIN:
+        if (settings["train_size"], settings["test_size"]) != (CIFAR_TRAIN, CIFAR_TEST):
             # a point's passes (BN refresh, train and test evaluation) scale with the data
             full = (2 * CIFAR_TRAIN + CIFAR_TEST) / (
                 2 * settings["train_size"] + settings["test_size"]

@@ -9,12 +9,7 @@ from omegaconf import ListConfig
 
 from swa_repro.averaging import is_averaging_epoch
 from swa_repro.data import DATASET_NAMES
-from swa_repro.models import (
-    BN_WEIGHT_INITS,
-    DEFAULT_BN_INIT_MODELS,
-    MODEL_NAMES,
-    TORCHVISION_MODELS,
-)
+from swa_repro.models import MODEL_NAMES, TORCHVISION_MODELS, check_bn_weight_init
 
 METHOD_NAMES = ("sgd", "swa")
 SCHEDULE_NAMES = ("constant", "cyclic", "paper")
@@ -138,13 +133,10 @@ def validate_config(cfg) -> None:
 
     _check_data(cfg.data)
     _check_pretrained(cfg.model.name, cfg.model.get("pretrained"), cfg.data.num_classes)
-    if cfg.model.get("bn_weight_init") is not None:
-        if cfg.model.name not in DEFAULT_BN_INIT_MODELS:
-            raise ConfigError(
-                f"model.bn_weight_init is for {', '.join(DEFAULT_BN_INIT_MODELS)} only, "
-                f"not {cfg.model.name}"
-            )
-        check_one_of(cfg.model.bn_weight_init, BN_WEIGHT_INITS, "model.bn_weight_init")
+    try:
+        check_bn_weight_init(cfg.model.name, cfg.model.get("bn_weight_init"))
+    except ValueError as exc:
+        raise ConfigError(f"model.{exc}") from None
     check_device(cfg.device)
     if cfg.resume != "auto" and not Path(cfg.resume).is_file():
         raise ConfigError(

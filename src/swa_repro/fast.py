@@ -25,6 +25,7 @@ other settings).
 from __future__ import annotations
 
 import contextlib
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -52,6 +53,8 @@ class Speed:
         """From a `speed` config node (None or missing keys: faithful); ConfigError on bad values."""
         if cfg is None:
             return cls()
+        if not isinstance(cfg, Mapping):
+            raise ConfigError(f"speed settings must be a mapping of switches, got {cfg!r}")
         known = {f.name for f in fields(cls)}
         unknown = sorted(set(cfg) - known)
         if unknown:

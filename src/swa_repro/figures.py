@@ -34,7 +34,7 @@ from omegaconf import OmegaConf
 
 from swa_repro import REPO_ROOT
 from swa_repro.aggregate import run_status
-from swa_repro.cli import one_line_errors
+from swa_repro.cli import one_line_errors, read_yaml
 from swa_repro.config_check import ConfigError
 
 PAPER_SIZES = {
@@ -87,9 +87,9 @@ def complete(npz: Path, overrides: list[str]) -> bool:
 
 
 # Keys a continuation sets itself (its schedule, length, kept checkpoints, name) or that do not
-# change its numbers (logging): not inherited.
+# change its numbers (logging, the device): not inherited.
 NOT_INHERITED = {"name", "seed", "resume", "paths", "progress", "schedule", "epochs", "budget"}
-NOT_INHERITED |= {"checkpoint", "method", "logger"}
+NOT_INHERITED |= {"checkpoint", "method", "logger", "device"}
 
 
 def inherited_overrides(run: dict, fresh: dict, prefix: str = "") -> list[str]:
@@ -123,7 +123,7 @@ def continuation_base(experiment: str, run_dir: Path) -> list[str]:
                 f"({str(exc).strip().splitlines()[0]}); pass them with --extra"
             ) from None
 
-    saved = OmegaConf.to_container(OmegaConf.load(run_dir / "config.yaml"))
+    saved = OmegaConf.to_container(read_yaml(run_dir / "config.yaml", "run config"))
     base = [f"experiment={experiment}"]
     base += inherited_overrides(saved, composed(base))
     left = inherited_overrides(saved, composed(base))
@@ -238,8 +238,8 @@ def main(argv: list[str] | None = None) -> None:
                 )
                 raise ConfigError(f"{run_dir} is not a finished run; train it first: {how}")
             train_run([f"experiment={args.setup}_{method}", *common], run_dir)
-    sgd_cfg = OmegaConf.load(sgd_run / "config.yaml")
-    swa_cfg = OmegaConf.load(swa_run / "config.yaml")
+    sgd_cfg = read_yaml(sgd_run / "config.yaml", "run config")
+    swa_cfg = read_yaml(swa_run / "config.yaml", "run config")
     start = math.ceil(swa_cfg.method.swa_start) - 1  # last SGD epoch before averaging (125)
     start_ckpt = swa_run / "checkpoints" / f"epoch_{start:04d}.pt"
     fge_start = sgd_cfg.budget * 4 // 5

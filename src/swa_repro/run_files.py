@@ -50,6 +50,13 @@ RESUME_FREE_KEYS = {
 }
 
 
+# Keys added since runs were first made, and the value that means what a run saved without the
+# key did (ANY: the key cannot matter to an existing run; bn_weight_init only draws initial
+# weights, which a run that has a checkpoint takes from there).
+ANY = object()
+KEYS_ADDED_LATER = {"method.swa_include_start": False, "model.bn_weight_init": ANY}
+
+
 class RunInUseError(ConfigError):
     """Another process holds the run directory's lock."""
 
@@ -200,8 +207,12 @@ def _differences(a, b, prefix: str = "") -> set[str]:
     if isinstance(a, dict) and isinstance(b, dict):
         out = set()
         for key in set(a) | set(b):
-            if f"{prefix}{key}" in RESUME_FREE_KEYS:
+            path = f"{prefix}{key}"
+            if path in RESUME_FREE_KEYS:
                 continue
+            if key not in a and path in KEYS_ADDED_LATER:  # a run saved before the key existed
+                if KEYS_ADDED_LATER[path] is ANY or KEYS_ADDED_LATER[path] == b[key]:
+                    continue
             out |= _differences(a.get(key), b.get(key), f"{prefix}{key}.")
         return out
     return set() if a == b else {prefix.rstrip(".")}

@@ -69,7 +69,8 @@ def run_images(cfg, epochs_done: int) -> tuple[int, int, int]:
     evals = [
         e for e in range(epochs_done + 1, cfg.epochs + 1) if is_eval_epoch(e, cfg, readings_at)
     ]
-    swa_evals = [e for e in evals if cfg.method.swa and e >= cfg.method.swa_start]
+    averaging_from = 0 if cfg.method.get("swa_include_start") else cfg.method.swa_start
+    swa_evals = [e for e in evals if cfg.method.swa and e >= averaging_from]
     start_evals = int(cfg.eval_at_start and epochs_done == 0)
     tested = (start_evals + len(evals) + len(swa_evals)) * test_images
     return train_images * (cfg.epochs - epochs_done), tested, len(swa_evals) * refresh_images
@@ -168,7 +169,7 @@ def plan(
 
 def print_plan(rows: list[dict], bench: dict | None, gpus: int = 1) -> None:
     """The runs with their state and GPU-hours left; `gpus` per run for the wall time."""
-    if bench is not None:
+    if any(r["basis"].startswith("measured") for r in rows):
         print(f"measured throughput: {bench['path']} ({bench['device']})")
     print(f"{'experiment':<34}{'seed':>5}  {'state':<24}{'GPU-h left':>10}  estimate")
     for r in rows:

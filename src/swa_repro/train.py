@@ -243,9 +243,8 @@ def train_locked(cfg: DictConfig, files: RunFiles, dist: Distributed) -> dict:
             if swa_model is not None and resumed["swa_model"] is not None:
                 swa_model.load_state_dict(resumed["swa_model"])
         except (RuntimeError, ValueError, KeyError) as exc:
-            first_line = str(exc).strip().splitlines()[0]
             raise CheckpointError(
-                f"checkpoint {resumed['path']} does not fit this model: {first_line}"
+                f"checkpoint {resumed['path']} does not fit this model: {first_line(exc)}"
             ) from None
         rng_of_ranks = resumed.get("rng_ranks") or [resumed["rng"]]
         if dist.rank < len(rng_of_ranks):  # a rank added since keeps its fresh seeding
@@ -674,9 +673,10 @@ def main(cfg: DictConfig) -> None:
 
 def cli() -> None:
     """`python -m swa_repro.train`: a single run's overrides are checked first (check_overrides);
-    with Hydra's flags (-m, --cfg, ...) everything is left to Hydra."""
+    with Hydra's flags (-m, --cfg, ...) or settings (hydra.mode=MULTIRUN, hydra/launcher=...)
+    everything is left to Hydra."""
     overrides = sys.argv[1:]
-    if not any(arg.startswith("-") for arg in overrides):
+    if not any(arg.startswith(("-", "hydra.", "hydra/", "+hydra")) for arg in overrides):
         one_line_errors(check_overrides)(overrides)
     main()
 

@@ -22,10 +22,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 
 from swa_repro.bn_refresh import refresh_bn
+from swa_repro.cli import read_yaml
 from swa_repro.config_check import check_device, check_int, resolve_device
 from swa_repro.data import Normalizer, Splits, TrainStream, eval_batches, load_data
 from swa_repro.fast import Speed
@@ -118,7 +119,7 @@ def load_context(
     check_int(seed, "seed", minimum=0)
     if eval_batch_size is not None:
         check_int(eval_batch_size, "eval_batch_size")
-    cfg = OmegaConf.load(Path(run_dir) / "config.yaml")
+    cfg = read_yaml(Path(run_dir) / "config.yaml", "run config")
     dev = resolve_device(device)
     Speed().set_backends()  # true fp32 as in training (PyTorch enables TF32 for convolutions)
     data = load_data(cfg.data).to(dev)

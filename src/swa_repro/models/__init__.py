@@ -32,6 +32,18 @@ TORCHVISION_MODELS = ("densenet161", "resnet152", "resnet50")
 MODEL_NAMES: tuple[str, ...] = tuple(sorted((*_BUILDERS, *TORCHVISION_MODELS)))
 
 
+def check_bn_weight_init(name: str, bn_weight_init: str | None) -> None:
+    """ValueError unless `bn_weight_init` is None or a valid choice for model `name`."""
+    if bn_weight_init is not None and name not in DEFAULT_BN_INIT_MODELS:
+        raise ValueError(
+            f"bn_weight_init applies to {', '.join(DEFAULT_BN_INIT_MODELS)} only, not {name!r}"
+        )
+    if bn_weight_init not in (None, *BN_WEIGHT_INITS):
+        raise ValueError(
+            f"bn_weight_init must be one of {', '.join(BN_WEIGHT_INITS)}, got {bn_weight_init!r}"
+        )
+
+
 def build_model(
     name: str, num_classes: int, pretrained: str | None = None, bn_weight_init: str | None = None
 ) -> nn.Module:
@@ -42,14 +54,7 @@ def build_model(
     `bn_weight_init` (DEFAULT_BN_INIT_MODELS only): "uniform" (None: the authors' PyTorch
     default, BN weight ~ U(0, 1)) or "ones" (today's PyTorch default).
     """
-    if bn_weight_init is not None and name not in DEFAULT_BN_INIT_MODELS:
-        raise ValueError(
-            f"bn_weight_init applies to {', '.join(DEFAULT_BN_INIT_MODELS)} only, not {name!r}"
-        )
-    if bn_weight_init not in (None, *BN_WEIGHT_INITS):
-        raise ValueError(
-            f"bn_weight_init must be one of {', '.join(BN_WEIGHT_INITS)}, got {bn_weight_init!r}"
-        )
+    check_bn_weight_init(name, bn_weight_init)
     if name not in MODEL_NAMES:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(MODEL_NAMES)}")
     if num_classes < 1:
@@ -84,6 +89,7 @@ __all__ = [
     "MODEL_NAMES",
     "TORCHVISION_MODELS",
     "build_model",
+    "check_bn_weight_init",
     "count_parameters",
     "has_batchnorm",
 ]
