@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from plot_common import COLORS, one_line_errors, read_json, require  # noqa: E402
+from plot_common import COLORS, one_line_errors, read_json, require, save  # noqa: E402
 
 SUMMARY_KEYS = ("method", "lr_curve", "synthetic", "model", "data")
 
@@ -69,12 +69,7 @@ def draw(run_dirs: list[Path], out: Path) -> list[Path]:
     ax.grid(alpha=0.3)
     ax.legend(loc="best")
     fig.tight_layout()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    written = [out.with_suffix(".png"), out.with_suffix(".pdf")]
-    for path in written:
-        fig.savefig(path, dpi=150)
-    plt.close(fig)
-    return written
+    return save(fig, out)
 
 
 @one_line_errors
