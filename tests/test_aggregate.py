@@ -648,6 +648,11 @@ def test_run_flops_hand_computation():
     sgd = _compose_experiment("cifar100/preresnet164_sgd")
     expected = 6 * m * 50_000 * 150 + 2 * m * 31 * 10_000
     assert sweep.run_flops(sgd, m, 0) == pytest.approx(expected, rel=1e-12)
+    # VGG16 SWA, 300 epochs: 1 + 60 evaluations, SWA ones from epoch 161 on (28 multiples of 5
+    # in 165..300; the readings 200/250/300 are among them), and no BN to refresh
+    vgg = _compose_experiment("cifar100/vgg16_swa")
+    expected = 6 * m * 50_000 * 300 + 2 * m * (61 + 28) * 10_000
+    assert sweep.run_flops(vgg, m, 0) == pytest.approx(expected, rel=1e-12)
     # a data set with its own sizes (synthetic demo, SWA: 30 epochs, eval every 2, start 16,
     # readings 20/25/30): evaluations 1, 2..30 even (15), 25 = 17; SWA ones: 16..30 even (8) + 25 = 9
     demo = _compose_experiment("synthetic/small_cnn_swa")

@@ -115,6 +115,18 @@ def test_markdown_tables_show_the_saved_numbers(tmp_path):
     assert sum(line.startswith("- target ") for line in text.splitlines()) == 4
 
 
+def test_a_model_without_bn_has_no_refresh_to_compare(tmp_path):
+    """VGG16 has no BN: the refresh reads no data, so its images/s is marked, not tabled."""
+    out = tmp_path / "bench.json"
+    args = ["--size=tiny", "--repeats=1", "--ref-workers=1", f"--out={out}"]
+    run([*args, "--models=small_cnn_nobn"], log=lambda line: None)
+    entry = json.loads(out.read_text())["models"]["small_cnn_nobn"]["measurements"]
+    assert entry["bn_refresh_images_per_s"]["note"] == bench.NO_BN_NOTE
+    assert "note" not in entry["train_images_per_s"]
+    text = markdown(json.loads(out.read_text()))
+    assert f"| BN refresh | {bench.NO_BN_NOTE} | | |" in text.splitlines()
+
+
 def test_finished_models_survive_a_later_failure(tmp_path, monkeypatch):
     """The JSON is rewritten after every model, so a crash (out of memory, a kill) keeps them."""
     real = bench.bench_model

@@ -15,13 +15,15 @@ The estimate of a run: with a benchmark JSON (--bench, default the GPU one that
 docs/performance.md records, when it exists) that measured the run's model under the run's
 `speed` settings, trained images / training images/s + test images / evaluation images/s +
 BN-refreshed images / BN-refresh images/s; otherwise a FLOP count, 6 x MACs per trained
-image (forward + backward) and 2 x MACs per evaluated one (test sets, BN-refresh passes), at
-an assumed sustained --tflops (memory-bound models such as the PreResNets run slower).
+image (forward + backward) and 2 x MACs per evaluated one (test sets, BN-refresh passes of
+models with BN), at an assumed sustained --tflops (memory-bound models such as the PreResNets
+run slower).
 """
 
 from __future__ import annotations
 
 import argparse
+import functools
 import shlex
 import subprocess
 import sys
@@ -34,7 +36,7 @@ from swa_repro import REPO_ROOT, aggregate
 from swa_repro.cli import one_line_errors, parse_seeds, read_json
 from swa_repro.config_check import ConfigError
 from swa_repro.fast import Speed
-from swa_repro.models import build_model
+from swa_repro.models import build_model, has_batchnorm
 from swa_repro.train import budget_epochs, compose_config, is_eval_epoch
 
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
@@ -58,10 +60,16 @@ def macs_per_image(model_name: str, num_classes: int, image_size: int = 32) -> f
     return counter.get_total_flops() / 2
 
 
+@functools.cache
+def refreshes_bn(model_name: str, num_classes: int) -> bool:
+    """Whether the model has BN layers; without them (VGG16) the BN refresh reads no data."""
+    return has_batchnorm(build_model(model_name, num_classes))
+
+
 def run_images(cfg, epochs_done: int) -> tuple[int, int, int]:
     """Images trained, test-evaluated and BN-refreshed in the epochs after `epochs_done`,
-    counting evaluations (and SWA evaluations with their BN refresh, once averaging has begun)
-    as train.py does."""
+    counting evaluations (and SWA evaluations with their BN refresh, once averaging has begun,
+    if the model has BN layers) as train.py does."""
     train_images = cfg.data.get("train_size", TRAIN_IMAGES.get(cfg.data.name))
     test_images = cfg.data.get("test_size", TEST_IMAGES.get(cfg.data.name))
     refresh_images = min(cfg.bn_refresh_images or train_images, train_images)
@@ -73,7 +81,8 @@ def run_images(cfg, epochs_done: int) -> tuple[int, int, int]:
     swa_evals = [e for e in evals if cfg.method.swa and e >= averaging_from]
     start_evals = int(cfg.eval_at_start and epochs_done == 0)
     tested = (start_evals + len(evals) + len(swa_evals)) * test_images
-    return train_images * (cfg.epochs - epochs_done), tested, len(swa_evals) * refresh_images
+    refreshes = len(swa_evals) if refreshes_bn(cfg.model.name, cfg.data.num_classes) else 0
+    return train_images * (cfg.epochs - epochs_done), tested, refreshes * refresh_images
 
 
 def run_flops(cfg, macs: float, epochs_done: int) -> float:
