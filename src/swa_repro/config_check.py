@@ -21,7 +21,8 @@ class ConfigError(ValueError):
     """A configuration mistake; its message is one line."""
 
 
-def _is_number(value) -> bool:
+def is_number(value) -> bool:
+    """An int or a float, not a bool."""
     return isinstance(value, int | float) and not isinstance(value, bool)
 
 
@@ -30,12 +31,12 @@ def _is_int(value) -> bool:
 
 
 def _positive(value, key: str) -> None:
-    if not _is_number(value) or not value > 0:
+    if not is_number(value) or not value > 0:
         raise ConfigError(f"{key} must be a positive number, got {value!r}")
 
 
 def _non_negative(value, key: str) -> None:
-    if not _is_number(value) or not value >= 0:
+    if not is_number(value) or not value >= 0:
         raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
 
 
@@ -107,7 +108,7 @@ def validate_config(cfg) -> None:
         _positive(cfg.method.swa_lr, "method.swa_lr")
         check_int(cfg.method.swa_c_epochs, "method.swa_c_epochs")
         start, every = cfg.method.swa_start, cfg.method.swa_c_epochs
-        if not _is_number(start) or not 1 <= start <= cfg.epochs:
+        if not is_number(start) or not 1 <= start <= cfg.epochs:
             raise ConfigError(f"method.swa_start must lie in 1..epochs={cfg.epochs}, got {start!r}")
         if not any(is_averaging_epoch(e, start, every) for e in range(cfg.epochs)):
             raise ConfigError(
@@ -197,7 +198,7 @@ def _check_data(data) -> None:
         _integer(data.seed, "data.seed")
         for key in ("signal", "distractor", "noise"):
             _non_negative(data[key], f"data.{key}")
-        if not _is_number(data.label_noise) or not 0 <= data.label_noise <= 1:
+        if not is_number(data.label_noise) or not 0 <= data.label_noise <= 1:
             raise ConfigError(
                 f"data.label_noise must be a fraction in [0, 1], got {data.label_noise!r}"
             )

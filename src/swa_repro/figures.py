@@ -34,8 +34,8 @@ from omegaconf import OmegaConf
 
 from swa_repro import REPO_ROOT
 from swa_repro.aggregate import run_status
-from swa_repro.cli import one_line_errors, read_yaml
-from swa_repro.config_check import ConfigError
+from swa_repro.cli import first_line, one_line_errors, read_yaml
+from swa_repro.config_check import ConfigError, is_number
 
 PAPER_SIZES = {
     "grid": 21,
@@ -77,8 +77,7 @@ def complete(npz: Path, overrides: list[str]) -> bool:
         ) from None
     for key, text in (o.split("=", 1) for o in overrides if "=" in o):
         value = yaml.safe_load(text)
-        numeric = isinstance(value, int | float) and not isinstance(value, bool)
-        if numeric and key in saved and saved[key] != value:
+        if is_number(value) and key in saved and saved[key] != value:
             raise ConfigError(
                 f"{npz} was computed with {key}={saved[key]}, not {value}: move it away to "
                 "recompute, or ask for the settings it has"
@@ -120,7 +119,7 @@ def continuation_base(experiment: str, run_dir: Path) -> list[str]:
         except HydraException as exc:
             raise ConfigError(
                 f"cannot reproduce the settings of {run_dir} for the runs trained here "
-                f"({str(exc).strip().splitlines()[0]}); pass them with --extra"
+                f"({first_line(exc)}); pass them with --extra"
             ) from None
 
     saved = OmegaConf.to_container(read_yaml(run_dir / "config.yaml", "run config"))

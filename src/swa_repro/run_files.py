@@ -213,7 +213,7 @@ def _differences(a, b, prefix: str = "") -> set[str]:
             if key not in a and path in KEYS_ADDED_LATER:  # a run saved before the key existed
                 if KEYS_ADDED_LATER[path] is ANY or KEYS_ADDED_LATER[path] == b[key]:
                     continue
-            out |= _differences(a.get(key), b.get(key), f"{prefix}{key}.")
+            out |= _differences(a.get(key), b.get(key), f"{path}.")
         return out
     return set() if a == b else {prefix.rstrip(".")}
 
