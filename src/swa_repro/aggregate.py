@@ -18,7 +18,6 @@ from __future__ import annotations
 import argparse
 import csv
 import io
-import json
 import math
 import re
 from dataclasses import dataclass, field
@@ -26,10 +25,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from swa_repro import REPO_ROOT
+from swa_repro import REPO_ROOT, run_files
 from swa_repro.cli import check_output_folder, one_line_errors, parse_seeds, read_json, read_yaml
 from swa_repro.config_check import ConfigError
-from swa_repro.run_files import write_text_atomic
+from swa_repro.run_files import RunFiles, write_text_atomic
 
 PAPER_FILE = REPO_ROOT / "experiments" / "paper_results.yaml"
 TABLE1_MODELS = ("vgg16", "preresnet110", "preresnet164", "wrn28x10")
@@ -118,18 +117,6 @@ def sgd_stand_in(summary: dict, reading: str) -> int | None:
     return values["epoch"] if values.get("model") == "sgd" else None
 
 
-@dataclass(frozen=True)
-class RunState:
-    state: str  # finished | failed | running (or interrupted) | missing
-    epochs_done: int = 0  # as far as metrics.jsonl shows (the last evaluated epoch)
-    epochs: int | None = None
-
-    def __str__(self) -> str:
-        if self.state == "running":
-            return f"running (epoch {self.epochs_done}/{self.epochs or '?'})"
-        return self.state
-
-
 def fast_paths_of(run_dir: Path) -> set[str]:
     """The numerics-changing speed switches a run used (empty for the faithful default)."""
     speed = read_yaml(run_dir / "config.yaml", "run config").get("speed") or {}
@@ -137,22 +124,6 @@ def fast_paths_of(run_dir: Path) -> set[str]:
     if speed.get("bn_refresh_batch_size"):
         switches.add("bn_refresh_batch_size")
     return switches
-
-
-def run_status(run_dir: Path) -> RunState:
-    if (run_dir / "summary.json").is_file():
-        return RunState("finished")
-    if not run_dir.is_dir():
-        return RunState("missing")
-    if (run_dir / "failed.json").is_file():
-        return RunState("failed")
-    config, metrics = run_dir / "config.yaml", run_dir / "metrics.jsonl"
-    epochs = read_yaml(config, "run config").epochs if config.is_file() else None
-    lines = metrics.read_text().splitlines() if metrics.is_file() else []
-    try:
-        return RunState("running", json.loads(lines[-1])["epoch"] if lines else 0, epochs)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"{metrics}: last line is not a metrics record ({exc!r})") from None
 
 
 def summary_reading(run_dir: Path, reading: str) -> tuple[dict | None, int | None]:
@@ -180,8 +151,8 @@ def build_table(
             if ref is not None:
                 cell.paper = (ref[0], ref[1])
             for seed in seeds:
-                run_dir = runs / dataset / model / col.method / f"seed{seed}"
-                status = run_status(run_dir)
+                run_dir = run_files.run_dir(runs, dataset, model, col.method, seed)
+                status = RunFiles(run_dir).status()
                 if status.state == "finished":
                     value, stand_in = summary_reading(run_dir, col.reading)
                     if stand_in is not None:

@@ -33,9 +33,9 @@ from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
 from swa_repro import REPO_ROOT
-from swa_repro.aggregate import run_status
 from swa_repro.cli import first_line, one_line_errors, read_yaml
 from swa_repro.config_check import ConfigError, is_number
+from swa_repro.run_files import RunFiles
 
 PAPER_SIZES = {
     "grid": 21,
@@ -135,7 +135,7 @@ def continuation_base(experiment: str, run_dir: Path) -> list[str]:
 
 
 def train_run(overrides: list[str], run_dir: Path) -> None:
-    if run_status(run_dir).state != "finished":
+    if RunFiles(run_dir).status().state != "finished":
         run([sys.executable, "-m", "swa_repro.train", *overrides])
 
 
@@ -228,7 +228,7 @@ def main(argv: list[str] | None = None) -> None:
 
     # --- the Table 1 runs (trained here only for the demo) ------------------------------------
     for method, run_dir in (("sgd", sgd_run), ("swa", swa_run)):
-        if run_status(run_dir).state != "finished":
+        if RunFiles(run_dir).status().state != "finished":
             if not args.demo:
                 how = (
                     "python -m swa_repro.figures --demo trains them"
@@ -267,7 +267,7 @@ def main(argv: list[str] | None = None) -> None:
     }  # fmt: skip
     for name, overrides in continuations.items():
         run_dir = runs_of / name / f"seed{args.seed}"
-        if run_status(run_dir).state == "finished":
+        if RunFiles(run_dir).status().state == "finished":
             continue
         # the SGD run's own settings (e.g. data.root given to the sweep), then --extra
         train_run(

@@ -1,4 +1,9 @@
-"""The files of one run directory, and choosing the checkpoint to resume from.
+"""The run-directory layout (its one owner), the files of one run, and choosing the checkpoint
+to resume from.
+
+Runs live at <runs>/<data>/<model>/<method>/seed<seed>/ (`run_name`, `run_dir`; the configs'
+`name` key resolves through `${run_name:...}`, registered here), analyses of a setup at
+<runs>/analyses/<data>/<model>/seed<seed>/ (`analyses_dir`). Inside a run directory:
 
     config.yaml            resolved config
     metrics.jsonl          one JSON object per evaluated epoch (rewritten atomically)
@@ -19,6 +24,7 @@ import fcntl
 import json
 import os
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 
 import yaml
@@ -57,16 +63,51 @@ ANY = object()
 KEYS_ADDED_LATER = {"method.swa_include_start": False, "model.bn_weight_init": ANY}
 
 
+def run_name(data: str, model: str, method: str, seed: int) -> str:
+    """The run's path below the runs folder: <data>/<model>/<method>/seed<seed>."""
+    return f"{data}/{model}/{method}/seed{seed}"
+
+
+def run_dir(runs: str | Path, data: str, model: str, method: str, seed: int) -> Path:
+    """The run directory of one Table cell's seed under the runs folder `runs`."""
+    return Path(runs) / run_name(data, model, method, seed)
+
+
+def analyses_dir(runs: str | Path, setup: str, seed: int) -> Path:
+    """Where the figure analyses of setup "<data>/<model>" (seed `seed`) keep their results."""
+    return Path(runs) / "analyses" / setup / f"seed{seed}"
+
+
+OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+
+
 class RunInUseError(ConfigError):
     """Another process holds the run directory's lock."""
 
 
+@dataclass(frozen=True)
+class RunStatus:
+    state: str  # finished | failed | running (or interrupted) | missing
+    epochs_done: int = 0  # as far as metrics.jsonl shows (the last evaluated epoch)
+    epochs: int | None = None
+
+    def __str__(self) -> str:
+        if self.state == "running":
+            return f"running (epoch {self.epochs_done}/{self.epochs or '?'})"
+        return self.state
+
+
 class RunFiles:
-    def __init__(self, root: Path):
-        self.root = root
+    """The paths of one run directory and the reading and writing of its files."""
+
+    def __init__(self, root: str | Path):
+        self.root = root = Path(root)
+        self.config = root / "config.yaml"
         self.checkpoints = root / "checkpoints"
         self.summary = root / "summary.json"
         self.metrics = root / "metrics.jsonl"
+        self.failed = root / "failed.json"
+        self.lock = root / ".lock"
         self.last = self.checkpoints / "last.pt"
         self.previous = self.checkpoints / "last.prev.pt"
         self.incoming = self.checkpoints / "next.pt"
@@ -74,11 +115,29 @@ class RunFiles:
     def finished(self) -> bool:
         return self.summary.is_file()
 
+    def status(self) -> RunStatus:
+        """finished (summary.json), missing (no folder), failed (failed.json), or running /
+        interrupted with the last evaluated epoch of metrics.jsonl."""
+        if self.finished():
+            return RunStatus("finished")
+        if not self.root.is_dir():
+            return RunStatus("missing")
+        if self.failed.is_file():
+            return RunStatus("failed")
+        epochs = self.read_config().epochs if self.config.is_file() else None
+        lines = self.metrics.read_text().splitlines() if self.metrics.is_file() else []
+        try:
+            return RunStatus("running", json.loads(lines[-1])["epoch"] if lines else 0, epochs)
+        except (ValueError, KeyError, TypeError) as exc:
+            raise ConfigError(
+                f"{self.metrics}: last line is not a metrics record ({exc!r})"
+            ) from None
+
     @contextmanager
     def locked(self):
         """Hold an exclusive lock on the run directory (refuse a second process on the same run)."""
         self.root.mkdir(parents=True, exist_ok=True)
-        with open(self.root / ".lock", "w") as handle:
+        with open(self.lock, "w") as handle:
             try:
                 fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
             except BlockingIOError:
@@ -94,22 +153,22 @@ class RunFiles:
         """failed.json: the run stopped on an error (aggregation and sweeps report it)."""
         if self.root.is_dir():
             write_text_atomic(
-                self.root / "failed.json",
+                self.failed,
                 json.dumps({"error": message, "exit_code": exit_code}) + "\n",
             )
 
     def clear_failure(self) -> None:
-        (self.root / "failed.json").unlink(missing_ok=True)
+        self.failed.unlink(missing_ok=True)
 
     def read_summary(self) -> dict:
         return _parse(self.summary, json.loads)
 
     def read_config(self) -> DictConfig:
-        return _parse(self.root / "config.yaml", OmegaConf.create)
+        return _parse(self.config, OmegaConf.create)
 
     def write_config(self, cfg: DictConfig) -> None:
         self.root.mkdir(parents=True, exist_ok=True)
-        write_text_atomic(self.root / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
+        write_text_atomic(self.config, OmegaConf.to_yaml(cfg, resolve=True))
 
     def write_metrics(self, records: list[dict]) -> None:
         write_text_atomic(self.metrics, "".join(json.dumps(r) + "\n" for r in records))

@@ -37,6 +37,7 @@ from swa_repro.cli import one_line_errors, parse_seeds, read_json
 from swa_repro.config_check import ConfigError
 from swa_repro.fast import Speed
 from swa_repro.models import build_model, has_batchnorm
+from swa_repro.run_files import RunFiles
 from swa_repro.train import budget_epochs, compose_config, is_eval_epoch
 
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
@@ -155,7 +156,7 @@ def plan(
         for seed in seeds:
             cfg.seed = seed
             run_dir = runs / cfg.name
-            status = aggregate.run_status(run_dir)
+            status = RunFiles(run_dir).status()
             done = cfg.epochs if status.state == "finished" else status.epochs_done
             if rates is None:
                 seconds = run_flops(cfg, macs_cache[key], done) / (tflops * 1e12)
@@ -289,7 +290,7 @@ def main(argv: list[str] | None = None) -> None:
         unfinished = [
             (r, status)
             for r in rows
-            if (status := aggregate.run_status(r["run_dir"])).state != "finished"
+            if (status := RunFiles(r["run_dir"]).status()).state != "finished"
         ]
         for r, status in unfinished:
             print(f"not finished: {r['experiment']} seed {r['seed']} ({status}) in {r['run_dir']}")
