@@ -1,19 +1,5 @@
-"""The run-directory layout (its one owner), the files of one run, and choosing the checkpoint
-to resume from.
-
-Runs live at <runs>/<data>/<model>/<method>/seed<seed>/ (`run_name`, `run_dir`; the configs'
-`name` key resolves through `${run_name:...}`, registered here), analyses of a setup at
-<runs>/analyses/<data>/<model>/seed<seed>/ (`analyses_dir`). Inside a run directory:
-
-    config.yaml            resolved config
-    metrics.jsonl          one JSON object per evaluated epoch (rewritten atomically)
-    summary.json           written last: its presence marks a finished run
-    failed.json            the error that stopped the run, if one did (cleared by a success)
-    .lock                  held by the process working on the run
-    checkpoints/last.pt    latest state (every checkpoint.every epochs, and on a stop signal)
-    checkpoints/last.prev.pt  the one before, the fallback when last.pt is damaged
-    checkpoints/next.pt    a complete new checkpoint between its two renames
-    checkpoints/epoch_NNNN.pt kept states (budget epochs, checkpoint.keep_epochs)
+"""Reading and writing the files of one run directory (paths: swa_repro.layout), and choosing
+the checkpoint to resume from. Registers the `${run_name:...}` resolver the configs' `name` uses.
 
 Disk use is bounded: two rolling checkpoints plus the kept epochs.
 """
@@ -39,6 +25,7 @@ from swa_repro.checkpoint import (
 )
 from swa_repro.cli import first_line
 from swa_repro.config_check import ConfigError
+from swa_repro.layout import RunPaths, analyses_dir, run_dir, run_name
 
 # Keys (dotted paths) that may differ between a run and its resumption: they do not change
 # the numbers (the data's location: CIFAR is md5-checked; ImageNet's draws are seeded per image).
@@ -63,26 +50,14 @@ ANY = object()
 KEYS_ADDED_LATER = {"method.swa_include_start": False, "model.bn_weight_init": ANY}
 
 
-def run_name(data: str, model: str, method: str, seed: int) -> str:
-    """The run's path below the runs folder: <data>/<model>/<method>/seed<seed>."""
-    return f"{data}/{model}/{method}/seed{seed}"
-
-
-def run_dir(runs: str | Path, data: str, model: str, method: str, seed: int) -> Path:
-    """The run directory of one Table cell's seed under the runs folder `runs`."""
-    return Path(runs) / run_name(data, model, method, seed)
-
-
-def analyses_dir(runs: str | Path, setup: str, seed: int) -> Path:
-    """Where the figure analyses of setup "<data>/<model>" (seed `seed`) keep their results."""
-    return Path(runs) / "analyses" / setup / f"seed{seed}"
-
-
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
 
 
 class RunInUseError(ConfigError):
     """Another process holds the run directory's lock."""
+
+
+__all__ = ["RunFiles", "RunStatus", "analyses_dir", "run_dir", "run_name"]
 
 
 @dataclass(frozen=True)
@@ -97,20 +72,8 @@ class RunStatus:
         return self.state
 
 
-class RunFiles:
-    """The paths of one run directory and the reading and writing of its files."""
-
-    def __init__(self, root: str | Path):
-        self.root = root = Path(root)
-        self.config = root / "config.yaml"
-        self.checkpoints = root / "checkpoints"
-        self.summary = root / "summary.json"
-        self.metrics = root / "metrics.jsonl"
-        self.failed = root / "failed.json"
-        self.lock = root / ".lock"
-        self.last = self.checkpoints / "last.pt"
-        self.previous = self.checkpoints / "last.prev.pt"
-        self.incoming = self.checkpoints / "next.pt"
+class RunFiles(RunPaths):
+    """The reading and writing of one run directory's files."""
 
     def finished(self) -> bool:
         return self.summary.is_file()
@@ -188,9 +151,6 @@ class RunFiles:
     def save_kept(self, state: dict, epoch: int) -> None:
         self.checkpoints.mkdir(parents=True, exist_ok=True)
         save_checkpoint(state, self.kept(epoch))
-
-    def kept(self, epoch: int) -> Path:
-        return self.checkpoints / f"epoch_{epoch:04d}.pt"
 
     def candidates(self) -> list[Path]:
         """Resume candidates, newest first."""
