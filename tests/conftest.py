@@ -51,3 +51,8 @@ def write_image_folder(
 def image_folder(tmp_path):
     """A small ImageFolder tree (4 classes, 6 train / 3 val images each) under tmp_path/imagenet."""
     return write_image_folder(tmp_path / "imagenet")
+
+
+def swa_of(checkpoint: dict) -> dict:
+    """The SWA average's state_dict in a training checkpoint (swa_repro.state)."""
+    return checkpoint["collectors"]["swa"]

@@ -20,7 +20,7 @@ import yaml
 
 from swa_repro import aggregate, bench, sweep
 from swa_repro.aggregate import Cell, build_table
-from swa_repro.train import CONF_DIR, compose_config
+from swa_repro.compose import CONF_DIR, compose_config
 
 PAPER_YAML = Path(__file__).resolve().parents[1] / "experiments" / "paper_results.yaml"
 SWA_LABELS = ("1", "1.25", "1.5")

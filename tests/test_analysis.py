@@ -22,7 +22,8 @@ from swa_repro.analysis.rays import compute_rays, ray_direction
 from swa_repro.analysis.specs import load_point
 from swa_repro.analysis.trajectory import compute_trajectory
 from swa_repro.checkpoint import load_checkpoint
-from swa_repro.train import compose_config, train
+from swa_repro.compose import compose_config
+from swa_repro.train import train
 
 RUN_OVERRIDES = [
     "experiment=synthetic/small_cnn_swa",
@@ -60,7 +61,7 @@ def points(run_dir, ctx):
     return (
         load_point(f"{run_dir / 'checkpoints' / 'epoch_0002.pt'}:model", ctx.model),
         load_point(f"{last}:model", ctx.model),
-        load_point(f"{last}:swa_model", ctx.model),
+        load_point(f"{last}:swa", ctx.model),
     )
 
 
@@ -445,8 +446,8 @@ def test_cli_bad_run_dir_exits_2_with_one_line(tmp_path):
     ("argv", "needle"),
     [
         (["nope"], "unknown"),
-        (["line", "swa={ckpt}/epoch_0002.pt:swa_model"], "holds no swa_model"),
-        (["line", "swa={ckpt}/epoch_0009.pt:swa_model"], "cannot read checkpoint"),
+        (["line", "swa={ckpt}/epoch_0002.pt:swa"], "holds no swa yet"),
+        (["line", "swa={ckpt}/epoch_0009.pt:swa"], "cannot read checkpoint"),
         (["line", "sgd={ckpt}/last.pt:weights"], "unknown selector"),
         (["line", "n_points=1"], "n_points"),
         (["line", "points_per_pass=0"], "points_per_pass"),

@@ -8,8 +8,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from swa_repro.budgets import budget_epochs
+from swa_repro.compose import CONF_DIR, compose_config
 from swa_repro.config_check import validate_config
-from swa_repro.train import CONF_DIR, budget_epochs, compose_config
 
 EXPERIMENT_DIR = Path(CONF_DIR) / "experiment"
 

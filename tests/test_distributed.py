@@ -18,7 +18,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import write_image_folder
+from conftest import swa_of, write_image_folder
 from swa_repro.checkpoint import load_checkpoint
 
 REPO = Path(__file__).resolve().parent.parent
@@ -43,7 +43,7 @@ def run_dir(runs: Path) -> Path:
 
 def imagenet_overrides(root: Path) -> list[str]:
     return [
-        "experiment=imagenet/resnet50_swa", "model=small_cnn", "model.name=small_cnn_nobn",
+        "experiment=imagenet/resnet50_swa", "model=small_cnn_nobn",
         f"data.root={root}", "data.num_classes=4", "data.image_size=32", "data.resize=36",
         "data.workers=0", "optim.batch_size=10", "eval_batch_size=5", "epochs=3",
         "method.budget_readings=[2,3]", "eval_every=1", "progress=false",
@@ -67,7 +67,7 @@ def test_two_processes_equal_one(tmp_path, imagenet_root, data):
     overrides = (
         [*imagenet_overrides(imagenet_root), "data.num_classes=5"]
         if data == "imagenet"
-        else [*SYNTHETIC, "model.name=small_cnn_nobn"]
+        else [*SYNTHETIC, "model=small_cnn_nobn"]
     )
     runs = {}
     for processes in (1, 2):
@@ -76,10 +76,10 @@ def test_two_processes_equal_one(tmp_path, imagenet_root, data):
         runs[processes] = run_dir(tmp_path / str(processes))
     assert "x 2 processes" in result.stdout
     one, two = (load_checkpoint(runs[p] / "checkpoints" / "last.pt") for p in (1, 2))
-    assert int(two["swa_model"]["n_averaged"]) == int(one["swa_model"]["n_averaged"]) > 1
-    for which in ("model", "swa_model"):
-        for name, value in one[which].items():
-            torch.testing.assert_close(two[which][name], value, rtol=1e-5, atol=1e-6)
+    assert int(swa_of(two)["n_averaged"]) == int(swa_of(one)["n_averaged"]) > 1
+    for which in (lambda s: s["model"], swa_of):
+        for name, value in which(one).items():
+            torch.testing.assert_close(which(two)[name], value, rtol=1e-5, atol=1e-6)
     assert len(two["rng_ranks"]) == 2 and one["rng_ranks"] is None
     metrics = [
         [json.loads(line) for line in (runs[p] / "metrics.jsonl").read_text().splitlines()]
@@ -144,7 +144,7 @@ def test_a_preempted_distributed_run_resumes_exactly(tmp_path):
     assert "resuming" in resumed.stdout
     a = load_checkpoint(run_dir(tmp_path / "whole") / "checkpoints" / "last.pt")
     b = load_checkpoint(run_dir(runs) / "checkpoints" / "last.pt")
-    for which in ("model", "swa_model", "optimizer"):
+    for which in ("model", "collectors", "optimizer"):
         flat_a, flat_b = _tensors(a[which]), _tensors(b[which])
         assert len(flat_a) == len(flat_b) > 0
         assert all(torch.equal(x, y) for x, y in zip(flat_a, flat_b, strict=True)), which
@@ -176,9 +176,7 @@ def check_swa_bn_refresh(run: Path) -> None:
 
     cfg = OmegaConf.load(run / "config.yaml")
     state = load_checkpoint(run / "checkpoints" / "last.pt")
-    average = {
-        k.removeprefix("module."): v for k, v in state["swa_model"].items() if k != "n_averaged"
-    }
+    average = {k.removeprefix("module."): v for k, v in swa_of(state).items() if k != "n_averaged"}
     model = build_model(cfg.model.name, cfg.data.num_classes)
     model.load_state_dict(average)
     data = load_data(cfg.data)

@@ -18,13 +18,14 @@ from swa_repro.analysis.points import METRICS, RunContext
 from swa_repro.averaging import make_averaged_model
 from swa_repro.bn_refresh import refresh_bn
 from swa_repro.checkpoint import load_checkpoint
+from swa_repro.compose import CONF_DIR, compose_config
 from swa_repro.config_check import ConfigError
 from swa_repro.data import Normalizer, TrainStream, eval_batches
 from swa_repro.data.synthetic import make_synthetic
 from swa_repro.fast import Speed, flat_parameters
 from swa_repro.metrics import evaluate
 from swa_repro.models import build_model
-from swa_repro.train import CONF_DIR, compose_config, train
+from swa_repro.train import train
 
 FP32_TOL = 1e-5
 COMPILE_TOL = 1e-4

@@ -13,8 +13,8 @@ from matplotlib.image import imread
 from omegaconf import OmegaConf
 
 from swa_repro import figures
+from swa_repro.compose import compose_config
 from swa_repro.config_check import ConfigError
-from swa_repro.train import compose_config
 
 TINY = "data.train_size=192 data.test_size=96 optim.batch_size=64"
 FIGURES = [

@@ -19,17 +19,19 @@ import torchvision
 from PIL import Image
 from torchvision import transforms
 
-import swa_repro.train as training
-from conftest import write_image_folder
+import swa_repro.build
+from conftest import swa_of, write_image_folder
 from swa_repro import aggregate, sweep
 from swa_repro.averaging import is_averaging_epoch
+from swa_repro.budgets import budget_epochs, is_eval_epoch
 from swa_repro.checkpoint import load_checkpoint
+from swa_repro.compose import compose_config
 from swa_repro.config_check import ConfigError, validate_config
 from swa_repro.data import DataError, open_data
 from swa_repro.data.imagenet import load_folders
-from swa_repro.models import build_model
+from swa_repro.models import build_model, instantiate_model
 from swa_repro.schedule import CyclicSchedule, build_schedule
-from swa_repro.train import budget_epochs, compose_config, is_eval_epoch, train
+from swa_repro.train import train
 
 REPO = Path(__file__).resolve().parent.parent
 CPU = torch.device("cpu")
@@ -112,12 +114,12 @@ def test_swa_average_is_the_mean_of_the_cycle_end_weights(
     weights; swa_include_start=false: the cycle ends alone."""
     starts = []
 
-    def recording_build(*args):
-        model = build_model(*args)
+    def recording_build(*args, **kwargs):
+        model = instantiate_model(*args, **kwargs)
         starts.append({k: v.clone() for k, v in model.state_dict().items()})
         return model
 
-    monkeypatch.setattr(training, "build_model", recording_build)
+    monkeypatch.setattr(swa_repro.build, "instantiate_model", recording_build)
     run = tmp_path / "run"
     overrides = tiny(image_folder, "checkpoint.keep_every=1")
     if not include_start:
@@ -126,10 +128,11 @@ def test_swa_average_is_the_mean_of_the_cycle_end_weights(
     last = load_checkpoint(run / "checkpoints" / "last.pt")
     ends = [load_checkpoint(run / "checkpoints" / f"epoch_{e:04d}.pt")["model"] for e in (1, 2, 3)]
     models = ([starts[0]] if include_start else []) + ends
-    assert int(last["swa_model"]["n_averaged"]) == len(models) == 3 + include_start
+    assert int(last["collectors"]["swa"]["n_averaged"]) == len(models) == 3 + include_start
     for name, _ in build_model("small_cnn", 4).named_parameters():
         mean = sum(state[name] for state in models) / len(models)
-        torch.testing.assert_close(last["swa_model"][f"module.{name}"], mean, rtol=1e-6, atol=1e-6)
+        swa = last["collectors"]["swa"][f"module.{name}"]
+        torch.testing.assert_close(swa, mean, rtol=1e-6, atol=1e-6)
         assert not torch.allclose(starts[0][name], ends[0][name])  # training moved the weights
     # the pretrained ("SGD") column is the model before any step; SWA read after 2 and 3 epochs
     metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
@@ -301,7 +304,7 @@ def test_pretrained_weights_config_checks():
     cfg = compose_config(
         ["experiment=imagenet/resnet152_swa", "model=small_cnn", "+model.pretrained=IMAGENET1K_V1"]
     )
-    with pytest.raises(ConfigError, match="small_cnn has none"):
+    with pytest.raises(ConfigError, match="SmallCNN does not take these arguments"):
         validate_config(cfg)
 
 
@@ -514,11 +517,11 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(image_folder, tmp_path):
     a, b = (
         load_checkpoint(next((tmp_path / name).rglob("last.pt"))) for name in ("whole", "stopped")
     )
-    for which in ("model", "swa_model"):
-        for key, value in a[which].items():
-            assert torch.equal(value, b[which][key]), (which, key)
+    for which in (lambda s: s["model"], swa_of):
+        for key, value in which(a).items():
+            assert torch.equal(value, which(b)[key]), key
     # the pretrained (starting) weights entered the average once, not again on resuming
-    assert int(b["swa_model"]["n_averaged"]) == 3 + 1
+    assert int(swa_of(b)["n_averaged"]) == 3 + 1
     metrics = [
         json.loads(next((tmp_path / n).rglob("metrics.jsonl")).read_text().splitlines()[-1])
         for n in ("whole", "stopped")

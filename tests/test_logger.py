@@ -9,8 +9,9 @@ import torch.nn.functional as F
 import wandb
 
 from swa_repro.checkpoint import load_checkpoint
+from swa_repro.compose import compose_config
 from swa_repro.logger import wandb_mode
-from swa_repro.train import compose_config, train
+from swa_repro.train import train
 
 TINY = [
     "data.train_size=256",

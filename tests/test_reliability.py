@@ -35,11 +35,13 @@ import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
 
+import swa_repro.loop
 import swa_repro.train
+from conftest import swa_of
 from swa_repro.checkpoint import MAGIC, CheckpointError, load_checkpoint
+from swa_repro.compose import compose_config
 from swa_repro.config_check import ConfigError
 from swa_repro.run_files import check_same_config
-from swa_repro.train import compose_config
 
 CRASH_RUN = Path(__file__).resolve().parent / "helpers" / "crash_run.py"
 RUN_REL = Path("synthetic/small_cnn/swa/seed0")  # `name` of conf/config.yaml for these overrides
@@ -149,8 +151,9 @@ def assert_bitwise_equal(a, b, where: str = "") -> None:
 def assert_same_as_reference(run_dir: Path, reference: Path) -> None:
     got, want = ckpt(run_dir), ckpt(reference)
     assert got["epoch"] == want["epoch"] == EPOCHS and got["step"] == want["step"] == 0
-    for key in ("model", "swa_model", "optimizer"):
+    for key in ("model", "optimizer"):
         assert_bitwise_equal(got[key], want[key], key)
+    assert_bitwise_equal(swa_of(got), swa_of(want), "swa")
     assert metrics_without_time(run_dir) == metrics_without_time(reference)
     summary, ref_summary = (
         json.loads((d / "summary.json").read_text()) for d in (run_dir, reference)
@@ -444,18 +447,18 @@ def test_all_checkpoints_damaged_exits_2_and_deletes_nothing(tmp_path, reference
 
 
 def run_config(runs: Path, *extra: str):
-    return swa_repro.train.compose_config(overrides_for(runs, *extra))
+    return compose_config(overrides_for(runs, *extra))
 
 
 @pytest.mark.parametrize(
     ("check_every", "nan_from_step"),
-    [(swa_repro.train.LOSS_CHECK_EVERY, 2), (3, 2), (3, 4)],
+    [(swa_repro.loop.LOSS_CHECK_EVERY, 2), (3, 2), (3, 4)],
     ids=["checked-at-epoch-end", "checked-mid-epoch", "second-check"],
 )
 def test_nan_loss_raises_naming_epoch_and_step(
     tmp_path, monkeypatch, one_thread, check_every, nan_from_step
 ):
-    monkeypatch.setattr(swa_repro.train, "LOSS_CHECK_EVERY", check_every)
+    monkeypatch.setattr(swa_repro.loop, "LOSS_CHECK_EVERY", check_every)
     real_ce = F.cross_entropy
     steps = 0
 
@@ -470,7 +473,7 @@ def test_nan_loss_raises_naming_epoch_and_step(
     monkeypatch.setattr(torch.nn.functional, "cross_entropy", cross_entropy)
     cfg = run_config(tmp_path / "runs")
     run_dir = tmp_path / "run"
-    with pytest.raises(swa_repro.train.NonFiniteError, match=rf"epoch 2 step {nan_from_step}\b"):
+    with pytest.raises(swa_repro.loop.NonFiniteError, match=rf"epoch 2 step {nan_from_step}\b"):
         swa_repro.train.train(cfg, run_dir)
     state = ckpt(run_dir)
     assert (state["epoch"], state["step"]) == (1, 0)

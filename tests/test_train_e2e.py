@@ -10,7 +10,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from swa_repro.train import compose_config, train
+from swa_repro.compose import compose_config
+from swa_repro.train import train
 
 SWA_OVERRIDES = [
     "data.train_size=512",

@@ -40,6 +40,7 @@ import os
 import platform
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterable
@@ -66,11 +67,13 @@ from swa_repro.config_check import (
     resolve_device,
 )
 from swa_repro.data import Normalizer, Splits, TrainStream, eval_batches
+from swa_repro.distributed import Distributed
 from swa_repro.fast import Speed, flat_parameters
+from swa_repro.loop import Run, sgd_epoch
 from swa_repro.metrics import evaluate
 from swa_repro.models import MODEL_NAMES, build_model, count_parameters, has_batchnorm
-from swa_repro.run_files import write_text_atomic
-from swa_repro.train import sgd_step
+from swa_repro.run_files import RunFiles, write_text_atomic
+from swa_repro.schedule import ConstantSchedule
 
 MEAN = (0.4914, 0.4822, 0.4465)
 STD = (0.2023, 0.1994, 0.2010)
@@ -210,16 +213,26 @@ def reference_plane_point(model, vector, train_loader, test_loader, device, limi
 # --- ours ---------------------------------------------------------------------------------------
 
 
-def our_train_epoch(model, step_model, optimizer, stream, speed, device, epoch):
-    """The training loop of swa_repro.train: device-resident stream, no per-step host sync."""
-    model.train()
-    loss_sum = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
-    for x, y in stream.batches("train", epoch):
-        loss, logits = sgd_step(step_model, optimizer, x, y, speed, device)
-        loss_sum += loss.double() * len(y)
-        correct += (logits.argmax(dim=1) == y).sum()
-    return float(loss_sum), int(correct)
+def loop_run(model, step_model, optimizer, stream, speed, device, folder: Path) -> Run:
+    """A Run holding what swa_repro.loop.sgd_epoch uses, so that the training loop's own epoch
+    is what gets timed (constant LR, no averaged model, no progress bar)."""
+    return Run(
+        cfg=OmegaConf.create({"progress": False, "epochs": 1}),
+        files=RunFiles(folder),
+        dist=Distributed(),
+        device=device,
+        speed=speed,
+        data=None,
+        model=model,
+        step_model=step_model,
+        optimizer=optimizer,
+        schedule=ConstantSchedule(LR),
+        stream=stream,
+        bn_stream=stream,
+        collectors=[],
+        readings_at={},
+        keep_epochs=set(),
+    )
 
 
 # --- timing -------------------------------------------------------------------------------------
@@ -308,11 +321,9 @@ def bench_model(
         )
 
     # training: one epoch per repeat
-    t_ours = measure(
-        lambda r: our_train_epoch(model, step_model, ours_opt, stream, speed, device, r + 1),
-        device,
-        repeats,
-    )
+    with tempfile.TemporaryDirectory() as folder:
+        run = loop_run(model, step_model, ours_opt, stream, speed, device, Path(folder))
+        t_ours = measure(lambda r: sgd_epoch(run, r + 1), device, repeats)
     t_ref = measure(
         lambda r: reference_train_epoch(ref_model, ref_opt, ref_train, device), device, repeats
     )

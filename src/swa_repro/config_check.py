@@ -1,15 +1,29 @@
-"""Reject a bad run configuration before any data is loaded or any epoch runs."""
+"""Reject a bad run configuration before any data is loaded or any epoch runs.
+
+Each key's rule is one line of RULES (what the value must be, worded for the message), checked
+in order; the rules that relate several keys follow in small functions. Every failure is a
+ConfigError of one line naming the key, the rule and the value given.
+
+Why a table and not Hydra structured configs (typed dataclasses in the ConfigStore): the
+groups data and schedule take different keys per option, which a dataclass schema cannot
+express without unions OmegaConf lacks; the model node must stay open for any network's
+arguments; ranges (lr > 0, momentum < 1, epochs in 1..) need code anyway; and OmegaConf's type
+errors span several lines. The table is as short as a schema and its errors stay one line.
+"""
 
 from __future__ import annotations
 
+import math
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
-from omegaconf import ListConfig
+from omegaconf import ListConfig, OmegaConf
 
 from swa_repro.averaging import is_averaging_epoch
 from swa_repro.data import DATASET_NAMES
-from swa_repro.models import MODEL_NAMES, TORCHVISION_MODELS, check_bn_weight_init
+from swa_repro.models import ModelConfigError, check_model_config
+from swa_repro.models.bn_init import BN_WEIGHT_INITS
 
 METHOD_NAMES = ("sgd", "swa")
 SCHEDULE_NAMES = ("constant", "cyclic", "paper")
@@ -30,36 +44,85 @@ def _is_int(value) -> bool:
     return isinstance(value, int) and not isinstance(value, bool)
 
 
-def _positive(value, key: str) -> None:
-    if not is_number(value) or not value > 0:
-        raise ConfigError(f"{key} must be a positive number, got {value!r}")
+Rule = tuple[str, Callable[[object], bool]]  # (what the value must be, test)
+POSITIVE_INT: Rule = ("a positive integer", lambda v: _is_int(v) and v >= 1)
+INTEGER: Rule = ("an integer", _is_int)
+BOOLEAN: Rule = ("true or false", lambda v: isinstance(v, bool))
+POSITIVE: Rule = ("a positive number", lambda v: is_number(v) and math.isfinite(v) and v > 0)
+NON_NEGATIVE: Rule = ("a number >= 0", lambda v: is_number(v) and math.isfinite(v) and v >= 0)
+MOMENTUM: Rule = ("a number in [0, 1)", lambda v: is_number(v) and 0 <= v < 1)
+FRACTION: Rule = ("a fraction in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1)
+BN_INIT: Rule = (f"one of {', '.join(BN_WEIGHT_INITS)}", lambda v: v in BN_WEIGHT_INITS)
+LIST: Rule = ("a list such as [1, 2]", lambda v: isinstance(v, ListConfig | list | tuple))
 
 
-def _non_negative(value, key: str) -> None:
-    if not is_number(value) or not value >= 0:
-        raise ConfigError(f"{key} must be a number >= 0, got {value!r}")
+def at_least(minimum: int) -> Rule:
+    return (f"an integer >= {minimum}", lambda v: _is_int(v) and v >= minimum)
+
+
+def optional(rule: Rule) -> Rule:
+    return (f"{rule[0]} or null", lambda v: v is None or rule[1](v))
+
+
+RULES: dict[str, Rule] = {
+    "epochs": POSITIVE_INT,
+    "budget": POSITIVE_INT,
+    "seed": at_least(0),
+    "optim.lr_init": POSITIVE,
+    "optim.momentum": MOMENTUM,
+    "optim.weight_decay": NON_NEGATIVE,
+    "optim.batch_size": POSITIVE_INT,
+    "eval_every": POSITIVE_INT,
+    "eval_batch_size": POSITIVE_INT,
+    "eval_at_start": BOOLEAN,
+    "eval_first_epoch": BOOLEAN,
+    "bn_refresh_images": optional(POSITIVE_INT),
+    "progress": BOOLEAN,
+    "checkpoint.every": POSITIVE_INT,
+    "checkpoint.keep_every": at_least(0),
+    "checkpoint.keep_epochs": LIST,
+    "method.budget_readings": LIST,
+}
+SWA_RULES = {
+    "method.swa_lr": POSITIVE,
+    "method.swa_c_epochs": POSITIVE_INT,
+    "method.swa_include_start": BOOLEAN,
+}
+SCHEDULE_RULES = {
+    "constant": {"schedule.lr": POSITIVE},
+    "cyclic": {
+        "schedule.a1": POSITIVE,
+        "schedule.a2": POSITIVE,
+        "schedule.cycle_epochs": POSITIVE_INT,
+    },
+    "paper": {},
+}
+DATA_RULES = {
+    "imagenet": {"data.num_classes": POSITIVE_INT, "data.image_size": POSITIVE_INT,
+                 "data.resize": POSITIVE_INT, "data.workers": at_least(0)},
+    "cifar": {"data.download": BOOLEAN},
+    "synthetic": {"data.num_classes": at_least(2), "data.train_size": POSITIVE_INT,
+                  "data.test_size": POSITIVE_INT, "data.seed": INTEGER, "data.signal": NON_NEGATIVE,
+                  "data.distractor": NON_NEGATIVE, "data.noise": NON_NEGATIVE,
+                  "data.label_noise": FRACTION},
+}  # fmt: skip
+
+
+def check(value, key: str, rule: Rule) -> None:
+    """ConfigError "<key> must be <rule>, got <value>" unless `value` passes `rule`."""
+    what, passes = rule
+    if not passes(value):
+        raise ConfigError(f"{key} must be {what}, got {value!r}")
+
+
+def check_rules(cfg, rules: dict[str, Rule]) -> None:
+    for key, rule in rules.items():
+        check(OmegaConf.select(cfg, key), key, rule)
 
 
 def check_int(value, key: str, minimum: int = 1) -> None:
     """ConfigError naming `key` unless `value` is an integer >= minimum (a bool is not)."""
-    if not _is_int(value) or value < minimum:
-        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{key} must be {what}, got {value!r}")
-
-
-def _integer(value, key: str) -> None:
-    if not _is_int(value):
-        raise ConfigError(f"{key} must be an integer, got {value!r}")
-
-
-def _boolean(value, key: str) -> None:
-    if not isinstance(value, bool):
-        raise ConfigError(f"{key} must be true or false, got {value!r}")
-
-
-def _list(value, key: str) -> None:
-    if not isinstance(value, ListConfig | list | tuple):
-        raise ConfigError(f"{key} must be a list such as [1, 2], got {value!r}")
+    check(value, key, POSITIVE_INT if minimum == 1 else at_least(minimum))
 
 
 def check_one_of(value, valid: tuple[str, ...], key: str) -> None:
@@ -70,74 +133,21 @@ def check_one_of(value, valid: tuple[str, ...], key: str) -> None:
 
 def validate_config(cfg) -> None:
     """Raise ConfigError naming the first problem in a training config."""
-    check_one_of(cfg.model.name, MODEL_NAMES, "model.name")
     check_one_of(cfg.data.name, DATASET_NAMES, "data.name")
     check_one_of(cfg.method.name, METHOD_NAMES, "method.name")
     check_one_of(cfg.schedule.name, SCHEDULE_NAMES, "schedule.name")
     check_one_of(cfg.logger.name, LOGGER_NAMES, "logger.name")
     if cfg.logger.name == "wandb" and cfg.logger.mode is not None:
         check_one_of(cfg.logger.mode, ("disabled", "offline", "online"), "logger.mode")
-
-    check_int(cfg.epochs, "epochs")
-    check_int(cfg.budget, "budget")
-    _integer(cfg.seed, "seed")
-    _positive(cfg.optim.lr_init, "optim.lr_init")
-    _non_negative(cfg.optim.momentum, "optim.momentum")
-    _non_negative(cfg.optim.weight_decay, "optim.weight_decay")
-    check_int(cfg.optim.batch_size, "optim.batch_size")
-    check_int(cfg.eval_every, "eval_every")
-    check_int(cfg.eval_batch_size, "eval_batch_size")
-    check_int(cfg.checkpoint.every, "checkpoint.every")
-    if cfg.bn_refresh_images is not None:
-        check_int(cfg.bn_refresh_images, "bn_refresh_images")
-    for key in ("eval_at_start", "eval_first_epoch", "progress"):
-        _boolean(cfg[key], key)
-    check_int(cfg.checkpoint.keep_every, "checkpoint.keep_every", minimum=0)
-    _list(cfg.checkpoint.keep_epochs, "checkpoint.keep_epochs")
-    for epoch in cfg.checkpoint.keep_epochs:
-        if not _is_int(epoch) or not 1 <= epoch <= cfg.epochs:
-            raise ConfigError(
-                f"checkpoint.keep_epochs entries must be epochs in 1..{cfg.epochs}, got {epoch!r}; "
-                "set checkpoint.keep_epochs=[] to clear the list"
-            )
-    _list(cfg.method.budget_readings, "method.budget_readings")
-    for reading in cfg.method.budget_readings:
-        _positive(reading, "method.budget_readings entries")
-
+    check_rules(cfg, RULES)
+    _check_lists(cfg)
     if cfg.method.swa:
-        _positive(cfg.method.swa_lr, "method.swa_lr")
-        check_int(cfg.method.swa_c_epochs, "method.swa_c_epochs")
-        start, every = cfg.method.swa_start, cfg.method.swa_c_epochs
-        if not is_number(start) or not 1 <= start <= cfg.epochs:
-            raise ConfigError(f"method.swa_start must lie in 1..epochs={cfg.epochs}, got {start!r}")
-        if not any(is_averaging_epoch(e, start, every) for e in range(cfg.epochs)):
-            raise ConfigError(
-                f"method.swa_start={start} with method.swa_c_epochs={every} never collects a model "
-                f"within epochs={cfg.epochs}; use an integer swa_start"
-            )
-        _boolean(cfg.method.swa_include_start, "method.swa_include_start")
-
-    if cfg.schedule.name == "constant":
-        _positive(cfg.schedule.lr, "schedule.lr")
-    elif cfg.schedule.name == "cyclic":
-        _positive(cfg.schedule.a1, "schedule.a1")
-        _positive(cfg.schedule.a2, "schedule.a2")
-        check_int(cfg.schedule.cycle_epochs, "schedule.cycle_epochs")
-        cycle = cfg.schedule.cycle_epochs
-        if cfg.method.swa and (
-            cfg.method.swa_c_epochs != cycle or cfg.method.swa_start % cycle != 0
-        ):
-            raise ConfigError(
-                f"with schedule=cyclic the average must collect the models at cycle ends: set "
-                f"method.swa_c_epochs={cycle} and method.swa_start to a multiple of {cycle}"
-            )
-
-    _check_data(cfg.data)
-    _check_pretrained(cfg.model.name, cfg.model.get("pretrained"), cfg.data.num_classes)
-    try:
-        check_bn_weight_init(cfg.model.name, cfg.model.get("bn_weight_init"))
-    except ValueError as exc:
-        raise ConfigError(f"model.{exc}") from None
+        check_rules(cfg, SWA_RULES)
+        _check_swa_start(cfg)
+    check_rules(cfg, SCHEDULE_RULES[cfg.schedule.name])
+    _check_cycle(cfg)
+    _check_data(cfg)
+    _check_model(cfg)
     check_device(cfg.device)
     if cfg.resume != "auto" and not Path(cfg.resume).is_file():
         raise ConfigError(
@@ -145,63 +155,92 @@ def validate_config(cfg) -> None:
         )
 
 
-def _check_pretrained(model: str, weights: str | None, num_classes: int) -> None:
-    """Pretrained weights must exist in torchvision for the model and fit the class count."""
-    if weights is None:
-        return
-    if model not in TORCHVISION_MODELS:
+def _check_lists(cfg) -> None:
+    for epoch in cfg.checkpoint.keep_epochs:
+        if not _is_int(epoch) or not 1 <= epoch <= cfg.epochs:
+            raise ConfigError(
+                f"checkpoint.keep_epochs entries must be epochs in 1..{cfg.epochs}, got {epoch!r}; "
+                "set checkpoint.keep_epochs=[] to clear the list"
+            )
+    for reading in cfg.method.budget_readings:
+        check(reading, "method.budget_readings entries", POSITIVE)
+
+
+def _check_swa_start(cfg) -> None:
+    start, every = cfg.method.swa_start, cfg.method.swa_c_epochs
+    if not is_number(start) or not 1 <= start <= cfg.epochs:
+        raise ConfigError(f"method.swa_start must lie in 1..epochs={cfg.epochs}, got {start!r}")
+    if not any(is_averaging_epoch(e, start, every) for e in range(cfg.epochs)):
         raise ConfigError(
-            f"model.pretrained is for {', '.join(TORCHVISION_MODELS)}; {model} has none"
+            f"method.swa_start={start} with method.swa_c_epochs={every} never collects a model "
+            f"within epochs={cfg.epochs}; use an integer swa_start"
         )
+
+
+def _check_cycle(cfg) -> None:
+    """With the cyclic schedule the average collects the models at cycle ends."""
+    if cfg.schedule.name != "cyclic" or not cfg.method.swa:
+        return
+    cycle = cfg.schedule.cycle_epochs
+    if cfg.method.swa_c_epochs != cycle or cfg.method.swa_start % cycle != 0:
+        raise ConfigError(
+            f"with schedule=cyclic the average must collect the models at cycle ends: set "
+            f"method.swa_c_epochs={cycle} and method.swa_start to a multiple of {cycle}"
+        )
+
+
+def _check_data(cfg) -> None:
+    data = cfg.data
+    kind = "cifar" if data.name in CIFAR_CLASSES else data.name
+    check_rules(cfg, DATA_RULES[kind])
+    expected = CIFAR_CLASSES.get(data.name)
+    if expected is not None and data.num_classes != expected:
+        raise ConfigError(
+            f"data.num_classes={data.num_classes} does not match {data.name} ({expected} classes)"
+        )
+    if kind != "synthetic" and Path(data.root).expanduser().is_file():
+        holds = "train/ and val/" if kind == "imagenet" else "the data"
+        raise ConfigError(
+            f"data.root={data.root} is a file; it must be the folder that holds {holds}"
+        )
+
+
+def _check_model(cfg) -> None:
+    """The network's target and arguments, its class count, BN init and pretrained weights."""
+    model = cfg.model
+    if "bn_weight_init" in model:
+        check(model.bn_weight_init, "model.bn_weight_init", BN_INIT)
+    classes = model.get("num_classes")
+    if classes is not None and classes != cfg.data.num_classes:
+        raise ConfigError(
+            f"model.num_classes={classes} but the data have data.num_classes={cfg.data.num_classes}"
+        )
+    try:
+        check_model_config(model)
+    except ModelConfigError as exc:
+        raise ConfigError(str(exc)) from None
+    if model.get("pretrained") is not None:
+        _check_pretrained(model.get("arch"), model.pretrained, cfg.data.num_classes)
+
+
+def _check_pretrained(arch: str | None, weights: str, num_classes: int) -> None:
+    """Pretrained weights must exist in torchvision for the architecture and fit the classes."""
     import torchvision
 
-    enum = torchvision.models.get_model_weights(model)
+    try:
+        enum = torchvision.models.get_model_weights(arch)
+    except (ValueError, KeyError, TypeError):
+        raise ConfigError(f"model.pretrained is for torchvision models; {arch} has none") from None
     valid = [w.name for w in enum]
     if weights not in valid:
         raise ConfigError(
-            f"unknown model.pretrained '{weights}' for {model}; valid names: {', '.join(valid)}"
+            f"unknown model.pretrained '{weights}' for {arch}; valid names: {', '.join(valid)}"
         )
     classes = len(enum[weights].meta["categories"])
     if num_classes != classes:
         raise ConfigError(
             f"model.pretrained={weights} has {classes} classes but data.num_classes={num_classes}"
         )
-
-
-def _check_data(data) -> None:
-    expected = CIFAR_CLASSES.get(data.name)
-    if data.name == "imagenet":
-        check_int(data.num_classes, "data.num_classes")
-        for key in ("image_size", "resize"):
-            check_int(data[key], f"data.{key}")
-        check_int(data.workers, "data.workers", minimum=0)
-        if Path(data.root).expanduser().is_file():
-            raise ConfigError(
-                f"data.root={data.root} is a file; it must be the folder that holds train/ and val/"
-            )
-    elif expected is not None:
-        if data.num_classes != expected:
-            raise ConfigError(
-                f"data.num_classes={data.num_classes} does not match {data.name} ({expected} classes)"
-            )
-        if Path(data.root).expanduser().is_file():
-            raise ConfigError(
-                f"data.root={data.root} is a file; it must be the folder that holds the data"
-            )
-        _boolean(data.download, "data.download")
-    else:
-        check_int(data.num_classes, "data.num_classes")
-        if data.num_classes < 2:
-            raise ConfigError(f"data.num_classes must be at least 2, got {data.num_classes}")
-        check_int(data.train_size, "data.train_size")
-        check_int(data.test_size, "data.test_size")
-        _integer(data.seed, "data.seed")
-        for key in ("signal", "distractor", "noise"):
-            _non_negative(data[key], f"data.{key}")
-        if not is_number(data.label_noise) or not 0 <= data.label_noise <= 1:
-            raise ConfigError(
-                f"data.label_noise must be a fraction in [0, 1], got {data.label_noise!r}"
-            )
 
 
 def check_device(device: str) -> None:

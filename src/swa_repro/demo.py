@@ -13,9 +13,10 @@ import sys
 from pathlib import Path
 
 from swa_repro.cli import one_line_errors
+from swa_repro.compose import check_overrides, compose_config
 from swa_repro.report import metrics_table
 from swa_repro.run_files import RunFiles
-from swa_repro.train import compose_config, train_and_report
+from swa_repro.train import train_and_report
 
 
 def run_demo(overrides: list[str]) -> tuple[dict, dict]:
@@ -44,6 +45,7 @@ def comparison_table(sgd: dict, swa: dict) -> str:
 
 @one_line_errors
 def main(argv: list[str]) -> None:
+    check_overrides(argv)
     sgd, swa = run_demo(argv)
     print("\n" + comparison_table(sgd, swa))
 

@@ -111,7 +111,7 @@ def inherited_overrides(run: dict, fresh: dict, prefix: str = "") -> list[str]:
 def continuation_base(experiment: str, run_dir: Path) -> list[str]:
     """`experiment=...` plus the overrides the run at `run_dir` was trained with (its data,
     model, optimiser, speed ... settings), checked by composing them."""
-    from swa_repro.train import compose_config  # Hydra's compose: only when training is due
+    from swa_repro.compose import compose_config  # Hydra's compose: only when training is due
 
     def composed(overrides: list[str]) -> dict:
         try:
@@ -292,7 +292,7 @@ def main(argv: list[str] | None = None) -> None:
         f"device={args.device}",
         *([] if args.points_per_pass is None else [f"points_per_pass={args.points_per_pass}"]),
     ]
-    swa_point, sgd_point = f"{swa_run}/checkpoints/last.pt:swa_model", f"{sgd_solution}:model"
+    swa_point, sgd_point = f"{swa_run}/checkpoints/last.pt:swa", f"{sgd_solution}:model"
     grid = [f"grid_points={args.grid}"]
     analysis(
         "plane", data_dir / "plane.npz",

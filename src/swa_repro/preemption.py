@@ -1,10 +1,13 @@
-"""Turn SLURM's warning signals into "checkpoint at the next step, then exit".
+"""Turn stop signals into "checkpoint at the next step, then exit".
 
 SLURM sends SIGTERM before killing a job, and a configurable user signal ahead of a
-time limit or preemption (submitit uses SIGUSR2 by default, many scripts SIGUSR1).
-The handler only records the signal; the training loop checkpoints at its next step
-and then calls `handover`, which passes the signal on to the handler that was there
-before (submitit's requeue handler, when running under the submitit launcher).
+time limit or preemption (submitit uses SIGUSR2 by default, many scripts SIGUSR1); Ctrl-C
+sends SIGINT. The handler only records the signal; the training loop checkpoints at its next
+step and then calls `handover`, which passes the signal on to the handler that was there
+before (submitit's requeue handler, when running under the submitit launcher). The run then
+exits with 75 (EX_TEMPFAIL: relaunch to resume), or 130 after Ctrl-C (the shell's code for
+SIGINT). A second Ctrl-C does not wait for the checkpoint: it raises KeyboardInterrupt at once
+(the last complete checkpoint stays valid: every write is atomic).
 """
 
 from __future__ import annotations
@@ -12,8 +15,9 @@ from __future__ import annotations
 import signal
 import threading
 
-STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2)
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGUSR1, signal.SIGUSR2, signal.SIGINT)
 EXIT_PREEMPTED = 75  # EX_TEMPFAIL: a checkpoint was written; relaunch to resume
+EXIT_INTERRUPTED = 130  # Ctrl-C (128 + SIGINT), after the checkpoint
 
 
 class StopRequest:
@@ -49,6 +53,8 @@ class StopRequest:
         previous = self._previous.get(signum)
         if signum == signal.SIGTERM and callable(previous):
             previous(signum, frame)
+        elif signum == signal.SIGINT and signum in self.signals:
+            raise KeyboardInterrupt  # the second Ctrl-C: stop now
         elif signum not in self.signals:
             self.signals.append(signum)
 
@@ -57,5 +63,5 @@ class StopRequest:
         (submitit's requeue handler for its user signal)."""
         for signum in self.signals:
             previous = self._previous.get(signum)
-            if callable(previous):
+            if callable(previous) and previous is not signal.default_int_handler:
                 previous(signum, None)

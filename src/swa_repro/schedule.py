@@ -42,6 +42,12 @@ class PaperSchedule:
             factor = self.final_ratio
         return self.lr_init * factor
 
+    def describe(self) -> str:
+        return (
+            f"paper LR schedule {self.lr_init:g} -> {self.lr_init * self.final_ratio:g} "
+            f"(linear decay over epochs {0.5 * self.horizon:g}-{0.9 * self.horizon:g})"
+        )
+
 
 @dataclass(frozen=True)
 class ConstantSchedule:
@@ -49,6 +55,9 @@ class ConstantSchedule:
 
     def __call__(self, epoch: int, step: int = 0, steps_per_epoch: int = 1) -> float:
         return self.lr
+
+    def describe(self) -> str:
+        return f"constant LR {self.lr:g}"
 
 
 @dataclass(frozen=True)
@@ -62,6 +71,9 @@ class CyclicSchedule:
         i = epoch * steps_per_epoch + step + 1
         t = (((i - 1) % cycle) + 1) / cycle
         return (1.0 - t) * self.a1 + t * self.a2
+
+    def describe(self) -> str:
+        return f"cyclic LR {self.a1:g} -> {self.a2:g} per {self.cycle_epochs}-epoch cycle"
 
 
 def build_schedule(cfg) -> PaperSchedule | ConstantSchedule | CyclicSchedule:

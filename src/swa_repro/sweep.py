@@ -33,12 +33,13 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from swa_repro import REPO_ROOT, aggregate
+from swa_repro.budgets import budget_epochs, is_eval_epoch
 from swa_repro.cli import one_line_errors, parse_seeds, read_json
+from swa_repro.compose import compose_config
 from swa_repro.config_check import ConfigError
 from swa_repro.fast import Speed
 from swa_repro.models import build_model, has_batchnorm
 from swa_repro.run_files import RunFiles
-from swa_repro.train import budget_epochs, compose_config, is_eval_epoch
 
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
 TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000}

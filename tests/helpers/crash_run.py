@@ -32,6 +32,8 @@ import torch
 import torch.nn.functional as F
 
 import swa_repro.checkpoint
+import swa_repro.data
+import swa_repro.loop
 import swa_repro.run_files
 import swa_repro.train
 
@@ -60,16 +62,16 @@ def main() -> None:
         target = -1  # another rank's trigger: never fires here
     stops: list = []
 
-    class RecordingStopRequest(swa_repro.train.StopRequest):
+    class RecordingStopRequest(swa_repro.loop.StopRequest):
         def __enter__(self):
             stops.append(self)
             return super().__enter__()
 
-    swa_repro.train.StopRequest = RecordingStopRequest
+    swa_repro.loop.StopRequest = RecordingStopRequest
 
     def fire() -> None:
         if action == "fail":
-            raise swa_repro.train.DataError("planted failure")
+            raise swa_repro.data.DataError("planted failure")
         if action == "kill":
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
@@ -102,7 +104,7 @@ def main() -> None:
         F.cross_entropy = cross_entropy
 
     elif point == "bn":
-        real_refresh = swa_repro.train.refresh_bn
+        real_refresh = swa_repro.loop.refresh_bn
 
         def refresh_bn(model, batches, *rest):
             if not hit():
@@ -116,7 +118,7 @@ def main() -> None:
 
             return real_refresh(model, interrupted(), *rest)
 
-        swa_repro.train.refresh_bn = refresh_bn
+        swa_repro.loop.refresh_bn = refresh_bn
 
     elif point == "write":
 

@@ -31,7 +31,7 @@ from swa_repro.config_check import check_device, check_int, resolve_device
 from swa_repro.data import Normalizer, Splits, TrainStream, eval_batches, load_data
 from swa_repro.fast import Speed
 from swa_repro.metrics import evaluate
-from swa_repro.models import build_model
+from swa_repro.models import instantiate_model
 from swa_repro.multipoint import evaluate_points
 
 METRICS = ("train_loss", "train_nll", "train_err", "test_loss", "test_nll", "test_err")
@@ -123,7 +123,8 @@ def load_context(
     dev = resolve_device(device)
     Speed().set_backends()  # true fp32 as in training (PyTorch enables TF32 for convolutions)
     data = load_data(cfg.data).to(dev)
-    model = build_model(cfg.model.name, data.num_classes).to(dev)
+    no_download = {"pretrained": None} if "pretrained" in cfg.model else {}
+    model = instantiate_model(cfg.model, **no_download).to(dev)
     normalize = Normalizer(cfg.model.mean, cfg.model.std, dev)
     # The refresh uses the run's training batch size: BN variances are means of per-batch variances.
     stream = TrainStream(data.train_x, data.train_y, cfg.optim.batch_size, normalize, seed)
@@ -133,14 +134,16 @@ def load_context(
 
 
 def state_vector(state: dict, which: str, model: torch.nn.Module) -> torch.Tensor:
-    """The flat parameter vector of a loaded checkpoint's `which` ("model" = the SGD iterate,
-    "swa_model" = the average), in `model`'s parameter order."""
-    weights = state[which]
-    if weights is None or (which == "swa_model" and int(weights["n_averaged"]) == 0):
-        raise ValueError(
-            f"the checkpoint holds no {which} (not an SWA run, or averaging had not begun)"
-        )
-    if which == "swa_model":
+    """The flat parameter vector of a loaded checkpoint's `which` ("model" = the SGD iterate, or
+    an averaged model's name, e.g. "swa"), in `model`'s parameter order."""
+    averaged = state.get("collectors") or {}
+    if which != "model" and which not in averaged:
+        held = ", ".join(["model", *averaged])
+        raise ValueError(f"unknown selector {which!r}: the checkpoint holds {held}")
+    weights = state["model"] if which == "model" else averaged[which]
+    if "n_averaged" in weights and int(weights["n_averaged"]) == 0:
+        raise ValueError(f"the checkpoint holds no {which} yet (averaging had not begun)")
+    if which != "model":
         weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
     names = dict(model.named_parameters())
     return parameters_to_vector([weights[name].to(torch.float32) for name in names]).cpu()

@@ -2,7 +2,8 @@
 
 run checkpoint (checkpoints/last.pt, checkpoints/epoch_NNNN.pt):
     model      the SGD iterate
-    swa_model  the running SWA average (refused when nothing has been averaged yet)
+    swa        the running SWA average (refused when nothing has been averaged yet); any
+               other averaged model of the run by its name (swa_repro.collectors)
 FGE samples file (written by the fge analysis, a checkpoint with "vectors"):
     K          sample K (0-based)
     mean       the equal-weight average of all samples (their SWA solution)
@@ -18,15 +19,13 @@ from swa_repro.analysis.common import AnalysisError
 from swa_repro.analysis.points import state_vector
 from swa_repro.checkpoint import load_checkpoint
 
-RUN_SELECTORS = ("model", "swa_model")
-
 
 def load_point(spec: str, model: torch.nn.Module) -> torch.Tensor:
     """The flat float32 parameter vector (on CPU) named by `spec`, checked against `model`."""
     path, sep, selector = str(spec).rpartition(":")
     if not sep or not path:
         raise AnalysisError(
-            f"point {spec!r} must be CHECKPOINT:SELECTOR (selector model, swa_model, "
+            f"point {spec!r} must be CHECKPOINT:SELECTOR (selector model, swa, "
             "or for an FGE samples file a sample index or mean)"
         )
     state = load_checkpoint(path)
@@ -42,7 +41,7 @@ def load_point(spec: str, model: torch.nn.Module) -> torch.Tensor:
                 f"FGE samples file {path} holds samples 0..{len(vectors) - 1}; "
                 f"selector {selector!r} must be one of them or mean"
             )
-    elif selector in RUN_SELECTORS:
+    else:
         try:
             vector = state_vector(state, selector, model)
         except ValueError as exc:
@@ -51,11 +50,6 @@ def load_point(spec: str, model: torch.nn.Module) -> torch.Tensor:
             raise AnalysisError(
                 f"checkpoint {path} lacks parameter {exc}: not a checkpoint of run_dir's model"
             ) from None
-    else:
-        raise AnalysisError(
-            f"unknown selector {selector!r} in {spec!r}; valid for a run checkpoint: "
-            f"{', '.join(RUN_SELECTORS)}"
-        )
     if vector.numel() != size:
         raise AnalysisError(
             f"{spec} has {vector.numel()} parameters but run_dir's model has {size}"

@@ -8,6 +8,8 @@ import math
 import torch
 from torch import nn
 
+from swa_repro.models.bn_init import check_bn_weight_init, init_bn_weights
+
 _CFG_16 = (64, 64, "M", 128, 128, "M", 256, 256, 256, "M", 512, 512, 512, "M", 512, 512, 512, "M")
 
 
@@ -30,8 +32,11 @@ def _make_features(batch_norm: bool) -> nn.Sequential:
 class VGG16(nn.Module):
     """Five pooling stages take 32x32 down to 1x1, so the classifier sees 512 features."""
 
-    def __init__(self, num_classes: int, batch_norm: bool = False) -> None:
+    def __init__(
+        self, num_classes: int, batch_norm: bool = False, bn_weight_init: str = "ones"
+    ) -> None:
         super().__init__()
+        check_bn_weight_init(bn_weight_init)
         self.features = _make_features(batch_norm)
         self.classifier = nn.Sequential(
             nn.Dropout(0.5),
@@ -43,12 +48,13 @@ class VGG16(nn.Module):
             nn.Linear(512, num_classes),
         )
         # He init with fan-out (k*k*out_channels), zero bias, as upstream; Linear/BN keep defaults
-        # (BN: the authors' PyTorch drew weights from U(0, 1), restored by build_model).
+        # (BN: the authors' PyTorch drew weights from U(0, 1): bn_weight_init="uniform").
         for m in self.modules():
             if isinstance(m, nn.Conv2d):
                 fan_out = m.kernel_size[0] * m.kernel_size[1] * m.out_channels
                 nn.init.normal_(m.weight, 0.0, math.sqrt(2.0 / fan_out))
                 nn.init.zeros_(m.bias)
+        init_bn_weights(self, bn_weight_init)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x).flatten(1))

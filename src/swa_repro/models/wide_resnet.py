@@ -12,6 +12,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from swa_repro.models.bn_init import check_bn_weight_init, init_bn_weights
+
 
 class WideBasic(nn.Module):
     """Pre-activation basic block with dropout between the two convs."""
@@ -40,9 +42,15 @@ class WideResNet(nn.Module):
     """Depth 6n+4, three stages of n blocks with widths 16k/32k/64k."""
 
     def __init__(
-        self, num_classes: int, depth: int = 28, widen_factor: int = 10, dropout_rate: float = 0.0
+        self,
+        num_classes: int,
+        depth: int = 28,
+        widen_factor: int = 10,
+        dropout_rate: float = 0.0,
+        bn_weight_init: str = "ones",
     ) -> None:
         super().__init__()
+        check_bn_weight_init(bn_weight_init)
         if (depth - 4) % 6 != 0:
             raise ValueError(f"WideResNet depth must be 6n+4, got {depth}")
         n = (depth - 4) // 6
@@ -54,6 +62,7 @@ class WideResNet(nn.Module):
         self.layer3 = self._wide_layer(widths[3], n, dropout_rate, stride=2)
         self.bn1 = nn.BatchNorm2d(widths[3], momentum=0.9)
         self.linear = nn.Linear(widths[3], num_classes)
+        init_bn_weights(self, bn_weight_init)
 
     def _wide_layer(
         self, planes: int, blocks: int, dropout_rate: float, stride: int
