@@ -294,3 +294,12 @@ def test_bad_ema_decays(decays, message):
 def test_ema_decays_accepted():
     check_ema_decays([0.999, 0.9998, 0.9999])
     check_ema_decays([])
+
+
+def test_weights_of_another_shape_rejected():
+    swag = Swag(split(torch.zeros(D)), max_rank=3)
+    with pytest.raises(ValueError, match=r"tensor 1 has shape \(2,\), not \(2, 1\)"):
+        swag.update([torch.zeros(3), torch.zeros(2)], split(torch.zeros(D)))
+    with pytest.raises(ValueError, match="1 tensors, not 2"):
+        swag.update(split(torch.zeros(D)), [torch.zeros(3)])
+    assert swag.count == 0

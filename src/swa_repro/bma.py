@@ -40,8 +40,8 @@ class ModelAverage:
         reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
     ) -> dict[str, float]:
         """Add one sample's logits for this shard's images (in label order); returns the metrics
-        of the average so far (of all ranks' shards when `reduce` sums over them), also appended
-        to `curve`."""
+        of the average so far (of all ranks' shards when `reduce` sums over them: it gets a CPU
+        float64 vector, as metrics.evaluate's), also appended to `curve`."""
         if logits.shape != self.prob_sum.shape:
             raise ValueError(
                 f"logits of shape {tuple(logits.shape)}; this average expects "

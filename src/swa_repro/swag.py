@@ -138,7 +138,7 @@ class Swag:
         coefficients = None if z2 is None else self._slot_coefficients(z2)
         results = []
         for i, (m, sq, z) in enumerate(zip(mean, self.sq_mean, z1, strict=True)):
-            noise = (sq - m.square()).clamp_(min=VAR_CLAMP).sqrt_().mul_(z.to(m.device))
+            noise = (sq - m.square()).clamp_(min=VAR_CLAMP).sqrt_().mul_(z.to(m.device, m.dtype))
             if coefficients is not None:
                 rows = self.deviations[i][: self.rank]
                 low_rank = coefficients.to(rows.device, rows.dtype) @ rows
@@ -221,9 +221,19 @@ class Swag:
             raise ConfigError("this SWAG posterior has no deviations: only SWAG-Diag can be drawn")
 
     def _check_like(self, tensors: Tensors, what: str) -> None:
+        """ValueError unless `tensors` are shaped as the collected parameter tensors."""
         shapes = [tuple(t.shape) for t in tensors]
-        if shapes != [tuple(sq.shape) for sq in self.sq_mean]:
-            raise ValueError(f"SWAG {what}: parameter shapes {shapes} differ from the collected")
+        expected = [tuple(sq.shape) for sq in self.sq_mean]
+        if shapes != expected:
+            where = next(
+                (i for i, (a, b) in enumerate(zip(shapes, expected, strict=False)) if a != b), None
+            )
+            detail = (
+                f"{len(shapes)} tensors, not {len(expected)}"
+                if where is None
+                else f"tensor {where} has shape {shapes[where]}, not {expected[where]}"
+            )
+            raise ValueError(f"SWAG {what} do not fit the collected parameters: {detail}")
 
 
 def _copy_into(targets: list[torch.Tensor], sources: Sequence[torch.Tensor], key: str) -> None:
