@@ -269,3 +269,25 @@ def resolve_device(device: str) -> torch.device:
     if device == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     return torch.device(device)
+
+
+def check_swag_settings(max_rank, samples, scale, scale_diag, low_rank: bool = True) -> None:
+    """ConfigError naming the first bad `swag.*` key (max_rank matters only with low-rank SWAG:
+    it needs K >= 2 deviations for its 1 / sqrt(K - 1))."""
+    if low_rank:
+        check_int(max_rank, "swag.max_rank", minimum=2)
+    check_int(samples, "swag.samples")
+    for value, key in ((scale, "swag.scale"), (scale_diag, "swag.scale_diag")):
+        if not is_number(value) or not 0 < value < math.inf:
+            raise ConfigError(f"{key} must be a finite positive number, got {value!r}")
+
+
+def check_ema_decays(decays) -> None:
+    """ConfigError unless `decays` (ema.decays) is a list of distinct numbers inside (0, 1)
+    (an empty list: no EMA)."""
+    check(decays, "ema.decays", LIST)
+    for i, decay in enumerate(decays):
+        if not is_number(decay) or not 0 < decay < 1:
+            raise ConfigError(f"ema.decays entries must lie in (0, 1), got {decay!r}")
+        if decay in list(decays)[:i]:
+            raise ConfigError(f"ema.decays lists {decay!r} twice")
