@@ -8,15 +8,32 @@ tiny synthetic run on CPU, their command line and the two plot scripts.
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import math
+from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from omegaconf import OmegaConf
 from torch import nn
 from torch.func import functional_call
 
+from swa_repro.analysis import flatness
+from swa_repro.analysis.__main__ import ANALYSIS_CONF_DIR, EXIT_USER_ERROR, main
+from swa_repro.analysis.common import AnalysisError
 from swa_repro.analysis.directions import filter_direction, filter_normalized, parameter_shapes
+from swa_repro.analysis.flatness import (
+    AroundSettings,
+    HessianSettings,
+    SharpnessSettings,
+    compute_around,
+    compute_hessian,
+    compute_sharpness,
+    origin_buffers,
+    origin_points,
+)
 from swa_repro.analysis.hessian import (
     HessianOperator,
     data_gradient,
@@ -29,6 +46,9 @@ from swa_repro.analysis.hessian import (
     slq,
     slq_start,
 )
+from swa_repro.analysis.origins import load_origin, subset_indices
+from swa_repro.analysis.points import load_context
+from swa_repro.analysis.rays import compute_rays
 from swa_repro.analysis.sharpness import (
     apgd_checkpoints,
     average_sharpness,
@@ -36,6 +56,7 @@ from swa_repro.analysis.sharpness import (
     sam_sharpness,
     worst_sharpness,
 )
+from swa_repro.train import compose_config, train
 
 # --------------------------------------------------------------------------- a tiny BN network
 
@@ -289,3 +310,309 @@ def test_apgd_checkpoints():
     # point p_4 = 0.7000000000000001, so 15, as the reference's schedule for n_iters = 20
     assert apgd_checkpoints(20) == [5, 9, 12, 15, 16, 18, 19, 20]
     assert apgd_checkpoints(1) == [1]
+
+
+# --------------------------------------------------------------------------- the analyses on a run
+
+RUN_OVERRIDES = [
+    "experiment=synthetic/small_cnn_swa",
+    "data.train_size=96",
+    "data.test_size=64",
+    "epochs=3",
+    "budget=2",
+    "method.swa_start=2",
+    "optim.batch_size=32",
+    "progress=false",
+    "device=cpu",
+    "checkpoint.keep_epochs=[1]",  # before averaging: no swa_model there
+]
+HESSIAN = HessianSettings(
+    images=8, batch_size=5, top_k=1, tol=1e-2, maxiter=3, ncv=6, probes=2, density_images=6,
+    density_runs=1, density_steps=4, density_points=500,
+)  # fmt: skip
+SHARPNESS = SharpnessSettings(
+    images=10, batch_size=4, rho_avg=(0.01, 0.05), rho_max=(0.5,), rho_sam=(0.05, 0.1),
+    avg_samples=2, max_steps=3,
+)  # fmt: skip
+AROUND = AroundSettings(images=10, batch_size=6, grid_points=3, span=0.5)
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    """An SWA run of 3 epochs on 96 synthetic images, averaging from epoch 2 (epoch 1 kept)."""
+    torch.set_num_threads(1)
+    root = tmp_path_factory.mktemp("flatness_run") / "swa"
+    train(compose_config(RUN_OVERRIDES), root)
+    return root
+
+
+@pytest.fixture(scope="module")
+def ctx(run_dir):
+    return load_context(run_dir, device="cpu", seed=0)
+
+
+@pytest.fixture(scope="module")
+def specs(run_dir):
+    last = run_dir / "checkpoints" / "last.pt"
+    return {"SGD": f"{last}:model", "SWA": f"{last}:swa_model"}
+
+
+@pytest.fixture(scope="module")
+def origins(ctx, specs):
+    return origin_points(specs, ctx.model)
+
+
+@pytest.fixture(scope="module")
+def hessian_full(ctx, specs, origins, tmp_path_factory):
+    out = tmp_path_factory.mktemp("hessian") / "hessian.npz"
+    buffers = origin_buffers(specs, ctx.model)
+    return compute_hessian(ctx, origins, out, HESSIAN, buffers, progress=False)
+
+
+def _load(path) -> dict:
+    with np.load(path, allow_pickle=False) as npz:
+        return {key: npz[key] for key in npz.files}
+
+
+def _assert_same(a: dict, b: dict, skip=("config", "seconds")) -> None:
+    assert a.keys() == b.keys()
+    for key in a:
+        if key not in skip:
+            assert np.array_equal(a[key], b[key], equal_nan=a[key].dtype.kind == "f"), key
+
+
+def subset_loss(ctx, vector, images: int, seed: int = 0) -> float:
+    """Mean CE over the fixed subset in ONE batch, at `vector` with refreshed BN statistics."""
+    load_origin(ctx, vector)
+    index = subset_indices(len(ctx.data.train_y), images, seed)
+    ctx.model.eval()
+    with torch.no_grad():
+        logits = ctx.model(ctx.normalize(ctx.data.train_x[index]))
+    return float(nn.functional.cross_entropy(logits, ctx.data.train_y[index]))
+
+
+def test_hessian_of_two_origins(ctx, run_dir, origins, hessian_full):
+    res, p = hessian_full, 77850
+    assert list(res["origins"]) == ["SGD", "SWA"] and res["done"].all()
+    assert int(res["n_params"]) == p == res["param_sizes"].sum()
+    metrics = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    # before the refresh: the statistics stored with each model, as training measured them
+    assert list(res["test_acc_own_bn"]) == [metrics[-1]["test_acc"], metrics[-1]["swa_test_acc"]]
+    for o, w in enumerate(origins.values()):
+        # after it: the refresh every analysis makes (RunContext.evaluate)
+        assert res["test_acc"][o] == 100.0 - ctx.evaluate(w)["test_err"]
+        assert res["weight_norm"][o] == pytest.approx(float(w.double().norm()), rel=1e-12)
+        assert (res["param_norms"][o] ** 2).sum() == pytest.approx(res["weight_norm"][o] ** 2)
+        assert res["train_nll"][o] == pytest.approx(subset_loss(ctx, w, 8), rel=1e-5)
+        top = res["top_eigenvalues"][o, 0]
+        assert res["top_converged"][o] == 1 and res["top_residuals"][o, 0] < 1e-2 * top
+        # Rayleigh quotients of the probes lie below the top eigenvalue
+        assert (res["trace_samples"][o] / p <= top).all()
+        assert res["min_eigenvalue"][o] < top or np.isnan(res["min_eigenvalue"][o])
+        assert np.nansum(res["slq_weights"][o]) == pytest.approx(1.0, abs=1e-9)
+        assert np.trapezoid(res["density"][o], res["density_grid"][o]) == pytest.approx(1, abs=0.05)
+        assert res["hvp_products"][o] > 0 and res["seconds"][o] > 0
+    assert res["trace_samples"].shape == (2, 2) and res["slq_nodes"].shape == (2, 1, 4)
+    assert res["top_eigenvalues"][0, 0] != res["top_eigenvalues"][1, 0]
+    settings = json.loads(str(res["config"]))["hessian"]
+    assert settings["probes"] == 2 and "batch_size" not in settings
+
+
+def test_hessian_resumes_to_the_same_numbers_and_refuses_other_inputs(
+    ctx, specs, origins, hessian_full, tmp_path, monkeypatch
+):
+    out = tmp_path / "hessian.npz"
+    buffers = origin_buffers(specs, ctx.model)
+    measure, calls = flatness.hessian_of_origin, []
+
+    def interrupted(*args):
+        if calls:
+            raise KeyboardInterrupt
+        calls.append(1)
+        return measure(*args)
+
+    monkeypatch.setattr(flatness, "hessian_of_origin", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compute_hessian(ctx, origins, out, HESSIAN, buffers, progress=False)
+    monkeypatch.undo()
+    partial = _load(out)
+    assert list(partial["done"]) == [True, False] and np.isnan(partial["trace"][1])
+    resumed = compute_hessian(ctx, origins, out, HESSIAN, buffers, progress=False)
+    _assert_same(resumed, hessian_full)
+    assert resumed["seconds"][0] == partial["seconds"][0]  # the first origin was not redone
+    before = out.read_bytes()
+    other = dataclasses.replace(HESSIAN, probes=3)
+    with pytest.raises(AnalysisError, match="different inputs"):
+        compute_hessian(ctx, origins, out, other, buffers, progress=False)
+    assert out.read_bytes() == before
+    # batch_size changes nothing but summation order: the same file resumes
+    again = compute_hessian(ctx, origins, out, dataclasses.replace(HESSIAN, batch_size=3))
+    _assert_same(again, hessian_full)
+
+
+def test_sharpness_is_paired_and_weighted_by_sample(ctx, origins, tmp_path):
+    res = compute_sharpness(ctx, origins, tmp_path / "s.npz", SHARPNESS, progress=False)
+    assert res["done"].all() and list(res["rho_avg"]) == [0.01, 0.05]
+    assert (
+        res["s_avg"].shape == (2, 2) and res["s_max"].shape == (2, 1) and res["sam"].shape == (2, 2)
+    )
+    assert (res["s_max"] >= 0).all() and (res["s_avg_se"] > 0).all()
+    assert res["train_nll"][0] == pytest.approx(subset_loss(ctx, origins["SGD"], 10), rel=1e-5)
+    # the same draws and data for an origin alone as beside another one
+    alone = compute_sharpness(
+        ctx, {"SWA": origins["SWA"]}, tmp_path / "alone.npz", SHARPNESS, progress=False
+    )
+    for key in ("s_avg", "s_avg_se", "s_max", "sam", "train_nll"):
+        np.testing.assert_array_equal(alone[key][0], res[key][1], err_msg=key)
+    # the batches are part of sharpness' definition: another batch size is another input
+    with pytest.raises(AnalysisError, match="different inputs"):
+        compute_sharpness(
+            ctx, origins, tmp_path / "s.npz", dataclasses.replace(SHARPNESS, batch_size=5)
+        )
+
+
+def test_around_planes_resume_row_by_row(ctx, origins, tmp_path, monkeypatch):
+    full = compute_around(ctx, origins, tmp_path / "full.npz", AROUND, progress=False)
+    assert full["train_nll"].shape == (2, 3, 3) and full["done"].shape == (2, 3)
+    np.testing.assert_allclose(full["a"], [-0.5, 0.0, 0.5])
+    for o, w in enumerate(origins.values()):
+        assert full["train_nll"][o, 1, 1] == pytest.approx(subset_loss(ctx, w, 10), rel=1e-5)
+        weights_only = [p for p in ctx.model.parameters() if p.dim() > 1]
+        start, norm2 = 0, 0.0
+        for p in ctx.model.parameters():
+            if p.dim() > 1:
+                norm2 += float(w[start : start + p.numel()].double().norm()) ** 2
+            start += p.numel()
+        assert weights_only and full["direction_norms"][o] == pytest.approx([norm2**0.5] * 2)
+    assert np.ptp(full["train_nll"][0]) > 1e-3
+    out = tmp_path / "partial.npz"
+    row, rows = flatness.around_row, []
+
+    def interrupted(*args):
+        if len(rows) == 4:
+            raise KeyboardInterrupt
+        rows.append(1)
+        return row(*args)
+
+    monkeypatch.setattr(flatness, "around_row", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        compute_around(ctx, origins, out, AROUND, progress=False)
+    monkeypatch.undo()
+    assert _load(out)["done"].sum() == 4  # the second origin half done
+    _assert_same(compute_around(ctx, origins, out, AROUND, progress=False), full)
+
+
+def test_rays_with_filter_directions(ctx, origins, tmp_path, monkeypatch):
+    seen, evaluate = [], ctx.evaluate
+
+    def recording(vector):
+        seen.append(vector.double().clone())
+        return evaluate(vector)
+
+    monkeypatch.setattr(ctx, "evaluate", recording)
+    out = tmp_path / "rays.npz"
+    options = {"n_directions": 1, "max_distance": 0.5, "n_distances": 2, "seed": 3,
+               "progress": False, "points_per_pass": 1}  # fmt: skip
+    saved = compute_rays(ctx, origins, out, directions="filter", **options)
+    monkeypatch.undo()
+    shapes = parameter_shapes(ctx.model)
+    for o, w in enumerate(origins.values()):
+        direction = (seen[2 * o + 1] - w.double()) / 0.5
+        expected = filter_direction(3, 0, w.double(), shapes)
+        torch.testing.assert_close(direction, expected, atol=1e-5, rtol=0)
+    assert json.loads(str(saved["config"]))["directions"] == "filter"
+    with pytest.raises(AnalysisError, match="different inputs"):
+        compute_rays(ctx, origins, out, **options)  # unit directions: another input
+    with pytest.raises(AnalysisError, match="directions must be unit or filter"):
+        compute_rays(ctx, origins, tmp_path / "r2.npz", directions="sphere", **options)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+FITS_THE_RUN = {  # defaults beyond the run's 96 training images
+    "hessian": ["density_images=null"],
+    "sharpness": ["images=8"],
+}
+
+
+def _common(run_dir, tmp_path, name: str = "") -> list[str]:
+    return [
+        *FITS_THE_RUN.get(name, []),
+        f"run_dir={run_dir}",
+        f"swa_run={run_dir}",
+        f"sgd_solution={run_dir}/checkpoints/last.pt",
+        f"out_dir={tmp_path}",
+        "device=cpu",
+        "progress=false",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("argv", "needle"),
+    [
+        (["hessian", "top_k=0"], "top_k must be an integer in 1..77849"),
+        (["hessian", "top_k=77850"], "top_k must be an integer in 1..77849"),
+        (["hessian", "probes=1"], "probes must be an integer >= 2, got 1"),
+        (["hessian", "images=0"], "images must be an integer in 1..96"),
+        (["hessian", "images=97"], "images must be an integer in 1..96"),
+        (["hessian", "density_images=1000"], "density_images must be an integer in 1..96"),
+        (["hessian", "ncv=1"], "ncv must be an integer >= 6"),
+        (["hessian", "tol=abc"], "tol must be a number, got 'abc'"),
+        (["sharpness", "images=97"], "images must be an integer in 1..96"),
+        (["sharpness", "rho_avg=[0.1,0]"], "rho_avg must hold numbers > 0, got 0"),
+        (["sharpness", "rho_max=[-1]"], "rho_max must hold numbers > 0, got -1"),
+        (["sharpness", "rho_sam=[]"], "rho_sam must be a non-empty list"),
+        (["sharpness", "avg_samples=1"], "avg_samples must be an integer >= 2"),
+        (["around", "grid_points=1"], "grid_points must be an integer >= 2"),
+        (["around", "span=0"], "span must be > 0"),
+        (["around", "origins.SGD={ckpt}/last.pt:weights"], "unknown selector 'weights'"),
+        (["hessian", "origins.SWA={ckpt}/epoch_0001.pt:swa_model"], "holds no swa_model"),
+        (["sharpness", "+origins.X={ckpt}/nope.pt:model"], "cannot read checkpoint"),
+        (["around", "~origins.SGD", "~origins.SWA"], "origins must map names to points"),
+        (["sharpness", "out={out}"], "is not a readable analysis file"),
+        (["rays", "directions=sphere"], "directions must be unit or filter"),
+    ],
+)  # fmt: skip
+def test_cli_bad_input_is_one_line_and_overwrites_nothing(run_dir, tmp_path, capsys, argv, needle):
+    out = tmp_path / f"{argv[0]}.npz"
+    name, *overrides = (a.format(ckpt=run_dir / "checkpoints", out=out) for a in argv)
+    out.write_bytes(b"results of an earlier run")
+    assert main([name, *_common(run_dir, tmp_path, name), *overrides]) == EXIT_USER_ERROR
+    lines = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error:"), lines
+    assert needle in lines[0]
+    assert out.read_bytes() == b"results of an earlier run"
+
+
+def test_cli_hessian_and_sharpness_write_their_files(run_dir, tmp_path, capsys):
+    small = ["images=6", "batch_size=4", "top_k=1", "maxiter=1", "ncv=3", "probes=2",
+             "density_images=4", "density_runs=1", "density_steps=3", "density_points=20"]  # fmt: skip
+    assert main(["hessian", *_common(run_dir, tmp_path), *small]) == 0
+    assert f"results in {tmp_path / 'hessian.npz'}" in capsys.readouterr().out
+    saved = _load(tmp_path / "hessian.npz")
+    assert saved["done"].all() and list(saved["origins"]) == ["SWA", "SGD"]
+    assert np.isfinite(saved["test_acc_own_bn"]).all()
+    config = json.loads(str(saved["config"]))
+    assert config["settings"]["origins"]["SGD"].endswith("last.pt:model")
+    assert config["hessian"]["top_k"] == 1 and config["hessian"]["maxiter"] == 1
+    sharp = ["images=4", "batch_size=4", "rho_avg=[0.1]", "rho_max=[1.0]", "rho_sam=[0.05]",
+             "avg_samples=2", "max_steps=2"]  # fmt: skip
+    assert main(["sharpness", *_common(run_dir, tmp_path), *sharp]) == 0
+    assert _load(tmp_path / "sharpness.npz")["s_max"].shape == (2, 1)
+
+
+def test_configs_document_their_keys():
+    for name, cls in (("hessian", HessianSettings), ("sharpness", SharpnessSettings),
+                      ("around", AroundSettings)):  # fmt: skip
+        text = (Path(ANALYSIS_CONF_DIR) / f"{name}.yaml").read_text()
+        cfg = OmegaConf.load(Path(ANALYSIS_CONF_DIR) / f"{name}.yaml")
+        for field in dataclasses.fields(cls):
+            if field.name == "seed":
+                continue  # base.yaml's
+            line = next(line for line in text.splitlines() if line.startswith(f"{field.name}:"))
+            assert "#" in line, line
+            default = field.default
+            value = cfg[field.name]
+            value = tuple(value) if OmegaConf.is_list(value) else value
+            assert value == default, (name, field.name)

@@ -27,10 +27,10 @@ returned pair's true residual ||H v - lambda v|| is measured by one more product
 On ArpackNoConvergence the pairs that did converge are kept and the others reported as NaN.
 (PyHessian finds eigenvalues by deflated power iteration with a relative-change rule.)
 
-Trace: Hutchinson (1990), tr H = E[z^T H z] for Rademacher z. A fixed number m of probes z_j from
-derive_seed(seed, "hutchinson", j) (the same for every origin); estimate mean_j z_j^T H z_j, standard
-error std_j / sqrt(m) (ddof 1). (PyHessian stops when the running mean changes by less than a
-tolerance, which can end after a few probes.)
+Trace: Hutchinson (1990), tr H = E[z^T H z] for Rademacher z. A fixed number m of probes z_j
+from derive_seed(seed, "hutchinson", j) (the same for every origin); estimate mean_j z_j^T H z_j,
+standard error std_j / sqrt(m) (ddof 1). (PyHessian stops when the running mean changes by less
+than a tolerance, which can end after a few probes.)
 
 Spectral density: stochastic Lanczos quadrature (Lin, Saad, Yang 2016; Ghorbani, Krishnan, Xiao
 2019). Run r starts from v = z / sqrt(P), z Rademacher from derive_seed(seed, "slq", r); s steps
@@ -54,6 +54,7 @@ import torch
 import torch.nn.functional as F
 from scipy.linalg import eigh_tridiagonal
 from scipy.sparse.linalg import ArpackNoConvergence, LinearOperator, eigsh
+from torch.nn.utils import vector_to_parameters
 
 from swa_repro.rng import derive_seed
 
@@ -88,12 +89,12 @@ def split_like(vector: torch.Tensor, params: Sequence[torch.Tensor]) -> list[tor
     return [piece.view_as(p) for piece, p in zip(pieces, params, strict=True)]
 
 
-@torch.no_grad()
 def set_parameters(model: torch.nn.Module, vector: torch.Tensor) -> None:
-    """Copy the flat `vector` into the model's parameters (in model.parameters() order)."""
+    """Point the model's parameters (model.parameters() order) at a private copy of the flat
+    `vector`: nothing the caller holds is written to later, nor aliased (RunContext.evaluate
+    leaves the parameters as views of the vector it was given)."""
     params = list(model.parameters())
-    for p, piece in zip(params, split_like(vector, params), strict=True):
-        p.copy_(piece)
+    vector_to_parameters(vector.to(params[0].device, params[0].dtype, copy=True), params)
 
 
 def batch_share(model: torch.nn.Module, inputs, labels, total: int) -> torch.Tensor:
@@ -168,8 +169,10 @@ def extreme_eigenpairs(
     tol: float = 1e-3,
     seed: int = 0,
     maxiter: int | None = None,
+    ncv: int | None = None,
 ) -> Eigenpairs:
-    """The k largest (which="LA") or smallest ("SA") eigenpairs of H by eigsh (see module doc)."""
+    """The k largest (which="LA") or smallest ("SA") eigenpairs of H by eigsh (see module doc);
+    maxiter (restarts) and ncv (Lanczos vectors, k < ncv <= P) as eigsh's, None its default."""
     if which not in ("LA", "SA"):
         raise ValueError(f"which must be LA or SA, got {which!r}")
     if not 1 <= k < op.size:
@@ -177,7 +180,7 @@ def extreme_eigenpairs(
     v0 = np.random.default_rng(derive_seed(seed, "eigsh", which)).standard_normal(op.size)
     try:
         values, vectors = eigsh(
-            op.linear_operator(), k=k, which=which, tol=tol, v0=v0, maxiter=maxiter
+            op.linear_operator(), k=k, which=which, tol=tol, v0=v0, maxiter=maxiter, ncv=ncv
         )
     except ArpackNoConvergence as exc:
         values, vectors = exc.eigenvalues, exc.eigenvectors
