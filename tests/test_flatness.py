@@ -11,8 +11,11 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import subprocess
+import sys
 from pathlib import Path
 
+import matplotlib.image as mpimg
 import numpy as np
 import pytest
 import torch
@@ -616,3 +619,109 @@ def test_configs_document_their_keys():
             value = cfg[field.name]
             value = tuple(value) if OmegaConf.is_list(value) else value
             assert value == default, (name, field.name)
+
+
+# --------------------------------------------------------------------------- figures
+
+PLOTS = Path(__file__).resolve().parents[1] / "plots"
+PLOT_CONFIG = json.dumps({"model": "PreResNet164", "data": "synthetic", "synthetic": True})
+
+
+def make_hessian_npz(path: Path) -> Path:
+    """Two origins (SWA flatter), the second one's smallest eigenvalue not converged."""
+    grid = np.linspace(-5, 60, 400)
+    density = np.stack([np.exp(-0.5 * grid**2) + 1e-3 * np.exp(-0.5 * (grid - c) ** 2)
+                        for c in (25.0, 50.0)])  # fmt: skip
+    np.savez(
+        path,
+        origins=np.array(["SWA", "SGD"]),
+        done=np.array([True, True]),
+        density_grid=np.stack([grid, grid]),
+        density=density / np.trapezoid(density, grid)[:, None],
+        top_eigenvalues=np.array([[25.0, 20.0, 12.0], [50.0, 41.0, 30.0]]),
+        min_eigenvalue=np.array([-1.5, np.nan]),
+        trace=np.array([410.0, 880.0]),
+        trace_se=np.array([12.0, 20.0]),
+        config=np.array(PLOT_CONFIG),
+    )
+    return path
+
+
+def make_around_npz(path: Path, g: int = 9) -> Path:
+    a = np.linspace(-1, 1, g)
+    aa, bb = np.meshgrid(a, a, indexing="ij")
+    bowl = np.stack([0.05 + 2 * (aa**2 + bb**2), 0.02 + 8 * (aa**2 + 0.5 * bb**2)])
+    done = np.ones((2, g), dtype=bool)
+    done[1, -2:] = False
+    np.savez(path, origins=np.array(["SGD", "SWA"]), a=a, b=a, done=done, train_nll=bowl,
+             train_err=100 * bowl / bowl.max(), config=np.array(PLOT_CONFIG))  # fmt: skip
+    return path
+
+
+def _run_plot(script: str, *args: str):
+    return subprocess.run(
+        [sys.executable, str(PLOTS / f"{script}.py"), *args],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+@pytest.mark.parametrize(
+    ("script", "make", "extra"),
+    [("spectrum", make_hessian_npz, []), ("around", make_around_npz, ["--metric", "train_err"])],
+)
+def test_plot_cli_writes_png_and_pdf_and_leaves_its_input(script, make, extra, tmp_path):
+    given = make(tmp_path / f"{script}.npz")
+    before = given.read_bytes()
+    out = tmp_path / "fig" / f"{script}.png"
+    result = _run_plot(script, str(given), "--out", str(out), *extra)
+    assert result.returncode == 0, result.stderr
+    assert f"wrote {out}" in result.stdout and f"wrote {out.with_suffix('.pdf')}" in result.stdout
+    assert out.with_suffix(".pdf").stat().st_size > 1000
+    image = mpimg.imread(out)
+    assert image.ndim == 3 and 300 <= image.shape[0] <= 3000 and image.std() > 0.05
+    assert given.read_bytes() == before
+
+
+def test_plots_draw_in_process(tmp_path):
+    sys.path.insert(0, str(PLOTS))
+    import around as around_plot
+    import spectrum as spectrum_plot
+
+    out = tmp_path / "s.png"
+    assert spectrum_plot.draw(make_hessian_npz(tmp_path / "h.npz"), out)[0] == out
+    assert spectrum_plot.number(np.nan, ".3g") == "n/c"
+    data = {"train_nll": np.ones((2, 3, 3)), "done": np.array([[1, 1, 0], [1, 0, 0]], bool)}
+    panels = around_plot.panels(data, "train_nll")
+    assert np.isnan(panels[0, 2]).all() and np.isfinite(panels[0, :2]).all()
+    assert data["train_nll"].sum() == 18  # the input is not changed
+    written = around_plot.draw(make_around_npz(tmp_path / "a.npz"), tmp_path / "a.png", vmax=5.0)
+    assert [p.suffix for p in written] == [".png", ".pdf"]
+
+
+def test_plot_bad_input_is_one_line(tmp_path):
+    sys.path.insert(0, str(PLOTS))
+    import around as around_plot
+    import spectrum as spectrum_plot
+    from plot_common import PlotInputError
+
+    hessian, around = make_hessian_npz(tmp_path / "h.npz"), make_around_npz(tmp_path / "a.npz")
+    unfinished = tmp_path / "unfinished.npz"
+    with np.load(around) as saved:
+        arrays = dict(saved)
+    np.savez(unfinished, **{**arrays, "done": np.zeros_like(arrays["done"])})
+    out = tmp_path / "figure.png"
+    with pytest.raises(PlotInputError, match="a.npz has no density_grid, density, top_eigenvalues"):
+        spectrum_plot.draw(around, out)
+    with pytest.raises(PlotInputError, match="h.npz has no a, b, train_nll"):
+        around_plot.draw(hessian, out)
+    with pytest.raises(PlotInputError, match="unfinished.npz has no finished row"):
+        around_plot.draw(unfinished, out)
+    result = _run_plot("spectrum", str(tmp_path / "missing.npz"), "--out", str(out))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    assert lines[0].startswith("error: ") and lines[0].endswith(
+        "missing.npz: no such file; expected an .npz of python -m swa_repro.analysis hessian"
+    )
+    assert not out.exists()
