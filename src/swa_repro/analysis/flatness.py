@@ -106,6 +106,10 @@ class HessianSettings:
             check_int(self.maxiter, "maxiter")
         if self.ncv is not None:
             check_int(self.ncv, "ncv", k + 1)
+            if self.ncv > n_params:
+                raise AnalysisError(
+                    f"ncv must be at most the {n_params} parameters, got {self.ncv}"
+                )
         if check_number(self.tol, "tol") < 0:
             raise AnalysisError(f"tol must be >= 0, got {self.tol!r}")
         if not check_number(self.density_sigma, "density_sigma") > 0:
@@ -183,9 +187,9 @@ def prepared(ctx: RunContext, origins: dict[str, torch.Tensor], settings, analys
     if not origins:
         raise AnalysisError(f"{analysis} needs at least one origin")
     settings.check(next(iter(origins.values())).numel(), len(ctx.data.train_y))
-    hashed = {k: v for k, v in asdict(settings).items() if k != "batch_size"}
-    if analysis == "sharpness":
-        hashed = asdict(settings)  # per-batch maximisation: the batches are part of it
+    # batch_size is speed only, except for sharpness' per-batch maximisation
+    speed_only = () if analysis == "sharpness" else ("batch_size",)
+    hashed = {k: v for k, v in asdict(settings).items() if k not in speed_only}
     described = {
         "analysis": analysis,
         "origins": list(origins),
@@ -243,6 +247,24 @@ def hessian_of_origin(ctx, vector, buffers, batches, density_batches, s: Hessian
     }
 
 
+def hessian_results(origins: int, layers: int, s: HessianSettings) -> dict[str, np.ndarray]:
+    """The hessian result arrays of `origins` origins, not yet computed (NaN, counts 0)."""
+    o, k, runs, steps = origins, s.top_k, s.density_runs, s.density_steps
+    shapes = {
+        **dict.fromkeys(("weight_norm", "test_acc_own_bn", "test_acc", "train_nll", "train_err",
+                         "min_eigenvalue", "min_residual", "trace", "trace_se", "seconds"), (o,)),
+        **dict.fromkeys(("top_eigenvalues", "top_residuals"), (o, k)),
+        **dict.fromkeys(("slq_nodes", "slq_weights"), (o, runs, steps)),
+        **dict.fromkeys(("density_grid", "density"), (o, s.density_points)),
+        "param_norms": (o, layers),
+        "trace_samples": (o, s.probes),
+    }  # fmt: skip
+    results = {key: np.full(shape, np.nan) for key, shape in shapes.items()}
+    for key in ("top_converged", "min_converged", "hvp_products"):
+        results[key] = np.zeros(o, dtype=np.int64)
+    return results
+
+
 def compute_hessian(
     ctx: RunContext,
     origins: dict[str, torch.Tensor],
@@ -258,38 +280,29 @@ def compute_hessian(
     s, n_train = settings, len(ctx.data.train_y)
     images, density_images = subset_size(s.images, n_train), subset_size(s.density_images, n_train)
     names, sizes = parameter_table(ctx.model)
-    o, k, runs, steps, points = (
-        len(origins),
-        s.top_k,
-        s.density_runs,
-        s.density_steps,
-        s.density_points,
-    )
-    nan = {"weight_norm": (o,), "param_norms": (o, len(names)), "test_acc_own_bn": (o,),
-           "test_acc": (o,), "train_nll": (o,), "train_err": (o,), "top_eigenvalues": (o, k),
-           "top_residuals": (o, k), "min_eigenvalue": (o,), "min_residual": (o,), "trace": (o,),
-           "trace_se": (o,), "trace_samples": (o, s.probes), "slq_nodes": (o, runs, steps),
-           "slq_weights": (o, runs, steps), "density_grid": (o, points), "density": (o, points),
-           "seconds": (o,)}  # fmt: skip
-    results = {key: np.full(shape, np.nan) for key, shape in nan.items()}
-    for key in ("top_converged", "min_converged", "hvp_products"):
-        results[key] = np.zeros(o, dtype=np.int64)
-    fixed = {"origins": np.array(list(origins), dtype=str), "n_params": np.int64(sizes.sum()),
-             "images": np.int64(images), "density_images": np.int64(density_images),
-             "param_names": names, "param_sizes": sizes}  # fmt: skip
-    store = open_results(out_path, (o,), results, fixed, stored_config, digest)
+    fixed = {
+        "origins": np.array(list(origins), dtype=str),
+        "n_params": np.int64(sizes.sum()),
+        "images": np.int64(images),
+        "density_images": np.int64(density_images),
+        "param_names": names,
+        "param_sizes": sizes,
+    }
+    results = hessian_results(len(origins), len(names), s)
+    store = open_results(out_path, (len(origins),), results, fixed, stored_config, digest)
     todo = store.todo()
-    if todo:
-        batches = fixed_batches(ctx, images, s.batch_size, s.seed)
-        density_batches = fixed_batches(ctx, density_images, s.batch_size, s.seed)
-    vectors, buffers = list(origins.values()), buffers or {}
-    with progress_bar(o, len(todo), "hessian", progress) as bar:
+    batches = fixed_batches(ctx, images, s.batch_size, s.seed) if todo else []
+    density_batches = fixed_batches(ctx, density_images, s.batch_size, s.seed) if todo else []
+    names, vectors, buffers = list(origins), list(origins.values()), buffers or {}
+    with progress_bar(len(origins), len(todo), "hessian", progress) as bar:
         for unit in todo:
-            name = list(origins)[unit[0]]
-            values = hessian_of_origin(
-                ctx, vectors[unit[0]], buffers.get(name), batches, density_batches, s
+            o = unit[0]
+            store.record(
+                unit,
+                hessian_of_origin(
+                    ctx, vectors[o], buffers.get(names[o]), batches, density_batches, s
+                ),
             )
-            store.record(unit, values)
             bar.update()
     return store.arrays
 
