@@ -1,6 +1,7 @@
 """Command line of the figure analyses.
 
-    python -m swa_repro.analysis NAME [key=value ...]      NAME: fge, line, plane, rays, trajectory
+    python -m swa_repro.analysis NAME [key=value ...]
+        NAME: fge, line, plane, rays, trajectory; hessian, sharpness, around (docs/flatness.md)
 
 Each NAME is configured by conf/analysis/NAME.yaml (keys documented there, all overridable;
 defaults: the paper's PreResNet164 CIFAR-100 runs) and writes one .npz (FGE also a samples
@@ -21,6 +22,18 @@ from omegaconf.errors import OmegaConfBaseException
 from swa_repro import REPO_ROOT
 from swa_repro.analysis.common import AnalysisError
 from swa_repro.analysis.fge import compute_fge
+from swa_repro.analysis.flatness import (
+    AroundSettings,
+    HessianSettings,
+    SharpnessSettings,
+    compute_around,
+    compute_hessian,
+    compute_sharpness,
+    origin_buffers,
+    origin_points,
+    origin_specs,
+    settings_from,
+)
 from swa_repro.analysis.line import compute_line
 from swa_repro.analysis.plane import compute_plane
 from swa_repro.analysis.points import RunContext, load_context
@@ -99,6 +112,33 @@ def run_rays(cfg: DictConfig) -> list[Path]:
         config=record(cfg),
         points_per_pass=cfg.points_per_pass,
         multipoint_mode=cfg.multipoint_mode,
+        directions=cfg.directions,
+    )
+    return [Path(cfg.out)]
+
+
+def run_hessian(cfg: DictConfig) -> list[Path]:
+    ctx, specs = context(cfg), origin_specs(cfg)
+    origins, buffers = origin_points(specs, ctx.model), origin_buffers(specs, ctx.model)
+    settings = settings_from(HessianSettings, cfg)
+    compute_hessian(ctx, origins, cfg.out, settings, buffers, cfg.progress, record(cfg))
+    return [Path(cfg.out)]
+
+
+def run_sharpness(cfg: DictConfig) -> list[Path]:
+    ctx, specs = context(cfg), origin_specs(cfg)
+    settings = settings_from(SharpnessSettings, cfg)
+    compute_sharpness(
+        ctx, origin_points(specs, ctx.model), cfg.out, settings, cfg.progress, record(cfg)
+    )
+    return [Path(cfg.out)]
+
+
+def run_around(cfg: DictConfig) -> list[Path]:
+    ctx, specs = context(cfg), origin_specs(cfg)
+    settings = settings_from(AroundSettings, cfg)
+    compute_around(
+        ctx, origin_points(specs, ctx.model), cfg.out, settings, cfg.progress, record(cfg)
     )
     return [Path(cfg.out)]
 
@@ -145,6 +185,9 @@ ANALYSES = {
     "plane": run_plane,
     "rays": run_rays,
     "trajectory": run_trajectory,
+    "hessian": run_hessian,
+    "sharpness": run_sharpness,
+    "around": run_around,
 }
 
 

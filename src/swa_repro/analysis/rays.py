@@ -5,10 +5,16 @@
           directions serve every origin and a larger n_directions only adds new ones)
     point(o, r, k) = w_o + t_k d_r,   t_k in linspace(0, max_distance, T)
 
+directions=filter (Li et al. 2018, directions.py) replaces d_r by the filter-normalised
+direction filter_direction(seed, r, w_o): the same Gaussian draw for every origin, each filter
+rescaled to the norm of the origin's filter (so t = 1 is a step the size of the weights; use
+max_distance ~ 1), biases and BN zero.
+
 Points are evaluated points_per_pass at a time (one pass over the data for each chunk),
 resumably (see common.evaluate_grid).
 Output .npz: distances (T,), origins (O,) names, <metric> (O, R, T) for each metric in
-METRICS, done (O, R, T), config (JSON with n_directions, seed, max_distance).
+METRICS, done (O, R, T), config (JSON with n_directions, seed, max_distance, and directions
+when not unit).
 """
 
 from __future__ import annotations
@@ -27,6 +33,7 @@ from swa_repro.analysis.common import (
     evaluate_grid,
     inputs_hash,
 )
+from swa_repro.analysis.directions import filter_direction, parameter_shapes
 from swa_repro.analysis.points import RunContext
 from swa_repro.rng import derive_seed
 
@@ -50,8 +57,10 @@ def compute_rays(
     config: dict | None = None,
     points_per_pass: int = POINTS_PER_PASS,
     multipoint_mode: str = "auto",
+    directions: str = "unit",
 ) -> dict[str, np.ndarray]:
-    """Evaluate every origin + t d_r into `out_path` (resuming it); returns the saved arrays."""
+    """Evaluate every origin + t d_r into `out_path` (resuming it); returns the saved arrays.
+    directions: unit (uniform on the unit sphere, the paper's) or filter (module doc)."""
     if not origins:
         raise AnalysisError("rays need at least one origin")
     if not isinstance(n_directions, int) or n_directions < 1:
@@ -60,6 +69,8 @@ def compute_rays(
         raise AnalysisError(f"n_distances must be an integer >= 2, got {n_distances!r}")
     if not check_number(max_distance, "max_distance") > 0:
         raise AnalysisError(f"max_distance must be > 0, got {max_distance!r}")
+    if directions not in ("unit", "filter"):
+        raise AnalysisError(f"directions must be unit or filter, got {directions!r}")
     settings = {
         "analysis": "rays",
         "origins": list(origins),
@@ -69,20 +80,27 @@ def compute_rays(
         **context_settings(ctx),
         "seed": seed,  # of the directions
         "stream_seed": ctx.seed,
+        # unit rays keep the hash they had before this option existed (their files resume)
+        **({"directions": directions} if directions != "unit" else {}),
     }
     digest = inputs_hash(list(origins.values()), settings)
     device = device_of(ctx)
     starts = [w.to(device, torch.float64) for w in origins.values()]
     size = starts[0].numel()
     distances = np.linspace(0.0, max_distance, n_distances)
-    cached: dict[int, torch.Tensor] = {}  # the direction of the current ray only
+    shapes = parameter_shapes(ctx.model)
+    cached: dict[tuple[int, int], torch.Tensor] = {}  # the direction of the current ray only
 
     def point_at(index: tuple[int, ...]) -> torch.Tensor:
         o, r, k = index
-        if r not in cached:
+        if (o, r) not in cached:
             cached.clear()
-            cached[r] = ray_direction(seed, r, size).to(device)
-        return (starts[o] + distances[k] * cached[r]).float()
+            cached[o, r] = (
+                filter_direction(seed, r, starts[o], shapes)
+                if directions == "filter"
+                else ray_direction(seed, r, size).to(device)
+            )
+        return (starts[o] + distances[k] * cached[o, r]).float()
 
     return evaluate_grid(
         ctx,

@@ -57,6 +57,21 @@ def load_point(spec: str, model: torch.nn.Module) -> torch.Tensor:
     return vector
 
 
+def load_buffers(spec: str, model: torch.nn.Module) -> dict[str, torch.Tensor] | None:
+    """The buffers (BN statistics) stored with the run-checkpoint point `spec`, keyed as
+    model.named_buffers(): its own statistics, before any refresh. None where none are stored
+    (an FGE sample, or a checkpoint lacking one of them). Call after load_point accepted `spec`."""
+    path, _, selector = str(spec).rpartition(":")
+    state = load_checkpoint(path)
+    if "vectors" in state or selector not in RUN_SELECTORS or state.get(selector) is None:
+        return None
+    stored = {k.removeprefix("module."): v for k, v in state[selector].items()}
+    names = [name for name, _ in model.named_buffers()]
+    if any(name not in stored for name in names):
+        return None
+    return {name: stored[name] for name in names}
+
+
 def check_run_dir(run_dir: str | Path) -> Path:
     """`run_dir` as a Path, refused unless it holds a run's config.yaml."""
     run_dir = Path(run_dir)
