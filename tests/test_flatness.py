@@ -59,7 +59,8 @@ from swa_repro.analysis.sharpness import (
     sam_sharpness,
     worst_sharpness,
 )
-from swa_repro.train import compose_config, train
+from swa_repro.compose import compose_config
+from swa_repro.train import train
 
 # --------------------------------------------------------------------------- a tiny BN network
 
@@ -327,7 +328,7 @@ RUN_OVERRIDES = [
     "optim.batch_size=32",
     "progress=false",
     "device=cpu",
-    "checkpoint.keep_epochs=[1]",  # before averaging: no swa_model there
+    "checkpoint.keep_epochs=[1]",  # before averaging: no swa there yet
 ]
 HESSIAN = HessianSettings(
     images=8, batch_size=5, top_k=1, tol=1e-2, maxiter=3, ncv=6, probes=2, density_images=6,
@@ -357,7 +358,7 @@ def ctx(run_dir):
 @pytest.fixture(scope="module")
 def specs(run_dir):
     last = run_dir / "checkpoints" / "last.pt"
-    return {"SGD": f"{last}:model", "SWA": f"{last}:swa_model"}
+    return {"SGD": f"{last}:model", "SWA": f"{last}:swa"}
 
 
 @pytest.fixture(scope="module")
@@ -570,7 +571,7 @@ def _common(run_dir, tmp_path, name: str = "") -> list[str]:
         (["around", "grid_points=1"], "grid_points must be an integer >= 2"),
         (["around", "span=0"], "span must be > 0"),
         (["around", "origins.SGD={ckpt}/last.pt:weights"], "unknown selector 'weights'"),
-        (["hessian", "origins.SWA={ckpt}/epoch_0001.pt:swa_model"], "holds no swa_model"),
+        (["hessian", "origins.SWA={ckpt}/epoch_0001.pt:swa"], "holds no swa yet"),
         (["sharpness", "+origins.X={ckpt}/nope.pt:model"], "cannot read checkpoint"),
         (["around", "~origins.SGD", "~origins.SWA"], "origins must map names to points"),
         (["sharpness", "out={out}"], "is not a readable analysis file"),

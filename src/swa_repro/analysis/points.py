@@ -133,9 +133,10 @@ def load_context(
     )
 
 
-def state_vector(state: dict, which: str, model: torch.nn.Module) -> torch.Tensor:
-    """The flat parameter vector of a loaded checkpoint's `which` ("model" = the SGD iterate, or
-    an averaged model's name, e.g. "swa"), in `model`'s parameter order."""
+def stored_weights(state: dict, which: str) -> dict[str, torch.Tensor]:
+    """The state_dict of a loaded checkpoint's `which` ("model" = the SGD iterate, or an averaged
+    model's name, e.g. "swa"), keyed as the network's own (no "module." prefix, no n_averaged);
+    ValueError when the checkpoint holds no such model, or nothing averaged yet."""
     averaged = state.get("collectors") or {}
     if which != "model" and which not in averaged:
         held = ", ".join(["model", *averaged])
@@ -143,7 +144,12 @@ def state_vector(state: dict, which: str, model: torch.nn.Module) -> torch.Tenso
     weights = state["model"] if which == "model" else averaged[which]
     if "n_averaged" in weights and int(weights["n_averaged"]) == 0:
         raise ValueError(f"the checkpoint holds no {which} yet (averaging had not begun)")
-    if which != "model":
-        weights = {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
+    return {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}
+
+
+def state_vector(state: dict, which: str, model: torch.nn.Module) -> torch.Tensor:
+    """The flat parameter vector of a loaded checkpoint's `which` (see stored_weights), in
+    `model`'s parameter order."""
+    weights = stored_weights(state, which)
     names = dict(model.named_parameters())
     return parameters_to_vector([weights[name].to(torch.float32) for name in names]).cpu()

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from swa_repro.analysis.common import AnalysisError
-from swa_repro.analysis.points import state_vector
+from swa_repro.analysis.points import state_vector, stored_weights
 from swa_repro.checkpoint import load_checkpoint
 
 
@@ -63,9 +63,9 @@ def load_buffers(spec: str, model: torch.nn.Module) -> dict[str, torch.Tensor] |
     (an FGE sample, or a checkpoint lacking one of them). Call after load_point accepted `spec`."""
     path, _, selector = str(spec).rpartition(":")
     state = load_checkpoint(path)
-    if "vectors" in state or selector not in RUN_SELECTORS or state.get(selector) is None:
+    if "vectors" in state:
         return None
-    stored = {k.removeprefix("module."): v for k, v in state[selector].items()}
+    stored = stored_weights(state, selector)
     names = [name for name, _ in model.named_buffers()]
     if any(name not in stored for name in names):
         return None
