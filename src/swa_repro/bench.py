@@ -18,7 +18,7 @@ pipelines on the same synthetic CIFAR-shaped data (uint8 32x32 images, no downlo
   RunContext.evaluate_many on chunks of P points per data pass (P: the analyses'
   points_per_pass unless --plane-points), fp32 and the run's batch sizes, as the analyses
   take no speed options.
-- reference, as the authors' code works: a Dataset of PIL images with torchvision transforms
+- reference (swa_repro.bench_reference), as the authors' code works: a Dataset of PIL images with torchvision transforms
   RandomCrop(32, padding=4), RandomHorizontalFlip, ToTensor, Normalize in a DataLoader with 4
   workers (--ref-workers), batch 128, shuffle, pinned memory on CUDA, fp32, a host sync per
   step; averaging by a per-parameter Python loop (param *= 1 - a; param += a * new); plane
@@ -28,7 +28,7 @@ Each measurement is warmed up once (not timed; includes torch.compile and cuDNN 
 then timed `--repeats` times; the median is reported, with every repeat in the JSON. "ratio"
 is always the speed-up of ours over the reference (> 1: ours faster). Derived: the epoch time
 (train_size / train images/s), the BN refresh and the averaging update as fractions of an
-epoch, and a 21 x 21 plane (441 points). Targets (issue SPEED) apply on a GPU.
+epoch, and a 21 x 21 plane (441 points). The speed goals ("targets") are set for a GPU.
 """
 
 from __future__ import annotations
@@ -43,20 +43,30 @@ import sys
 import tempfile
 import time
 import warnings
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
-from torch.nn.utils import vector_to_parameters
 
 from swa_repro import REPO_ROOT
 from swa_repro.analysis.common import POINTS_PER_PASS
 from swa_repro.analysis.points import RunContext
 from swa_repro.averaging import make_averaged_model
+from swa_repro.bench_reference import (
+    BATCH,
+    MEAN,
+    STD,
+    reference_bn_update,
+    reference_eval,
+    reference_loaders,
+    reference_moving_average,
+    reference_plane_point,
+    reference_train_epoch,
+)
 from swa_repro.bn_refresh import refresh_bn
 from swa_repro.cli import check_output_folder, one_line_errors, read_json, read_yaml
 from swa_repro.config_check import (
@@ -75,9 +85,6 @@ from swa_repro.models import MODEL_NAMES, build_model, count_parameters, has_bat
 from swa_repro.run_files import RunFiles, write_text_atomic
 from swa_repro.schedule import ConstantSchedule
 
-MEAN = (0.4914, 0.4822, 0.4465)
-STD = (0.2023, 0.1994, 0.2010)
-BATCH = 128  # the authors' train and test batch
 NUM_CLASSES = 10
 LR, MOMENTUM, WEIGHT_DECAY = 0.05, 0.9, 5e-4
 AVERAGING_UPDATES = 20  # updates per timed repeat of the averaging measurement
@@ -112,102 +119,6 @@ DERIVED = (
     "averaging_fraction_of_epoch",
     "plane_21x21_s",
 )
-
-
-# --- the reference pipeline (the authors' way) ------------------------------------------------
-
-
-class PILDataset(torch.utils.data.Dataset):
-    """(PIL image, label) pairs made once from uint8 (N, 3, 32, 32), as torchvision.datasets.CIFAR."""
-
-    def __init__(self, images: torch.Tensor, labels: torch.Tensor, transform):
-        from PIL import Image
-
-        array = images.permute(0, 2, 3, 1).contiguous().numpy()
-        self.images = [Image.fromarray(a) for a in array]
-        self.labels = labels.tolist()
-        self.transform = transform
-
-    def __len__(self) -> int:
-        return len(self.labels)
-
-    def __getitem__(self, i: int):
-        return self.transform(self.images[i]), self.labels[i]
-
-
-def reference_loaders(data: Splits, workers: int, device: torch.device):
-    import torchvision.transforms as T
-
-    train_tf = T.Compose(
-        [
-            T.RandomCrop(32, padding=4),
-            T.RandomHorizontalFlip(),
-            T.ToTensor(),
-            T.Normalize(MEAN, STD),
-        ]
-    )
-    test_tf = T.Compose([T.ToTensor(), T.Normalize(MEAN, STD)])
-    common = {"batch_size": BATCH, "num_workers": workers, "pin_memory": device.type == "cuda"}
-    train = torch.utils.data.DataLoader(
-        PILDataset(data.train_x, data.train_y, train_tf), shuffle=True, **common
-    )
-    test = torch.utils.data.DataLoader(
-        PILDataset(data.test_x, data.test_y, test_tf), shuffle=False, **common
-    )
-    return train, test
-
-
-def on_device(loader: Iterable, device: torch.device, limit: int | None = None):
-    for x, y in itertools.islice(loader, limit):
-        yield x.to(device, non_blocking=True), y.to(device, non_blocking=True)
-
-
-def reference_train_epoch(model, optimizer, loader, device) -> None:
-    """The authors' train_epoch: fp32, loss.item() and correct counted on the host every step."""
-    model.train()
-    loss_sum, correct = 0.0, 0
-    for x, y in on_device(loader, device):
-        out = model(x)
-        loss = F.cross_entropy(out, y)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
-        loss_sum += loss.item() * x.size(0)
-        correct += int(out.argmax(1).eq(y).sum().item())
-
-
-@torch.no_grad()
-def reference_eval(model, loader, device, limit=None) -> tuple[float, float]:
-    """The authors' eval: fp32, per-batch host sync."""
-    model.eval()
-    loss_sum, correct, n = 0.0, 0, 0
-    for x, y in on_device(loader, device, limit):
-        out = model(x)
-        loss_sum += F.cross_entropy(out, y, reduction="sum").item()
-        correct += int(out.argmax(1).eq(y).sum().item())
-        n += x.size(0)
-    return loss_sum / n, correct / n
-
-
-def reference_bn_update(model, loader, device, limit=None) -> None:
-    """The authors' utils.bn_update (momentum b / (n + b)) through the DataLoader."""
-    refresh_bn(model, (x for x, _ in on_device(loader, device, limit)))
-
-
-@torch.no_grad()
-def reference_moving_average(net1: nn.Module, net2: nn.Module, alpha: float) -> None:
-    """The authors' utils.moving_average: one Python-level update per parameter tensor."""
-    for p1, p2 in zip(net1.parameters(), net2.parameters(), strict=True):
-        p1.data *= 1.0 - alpha
-        p1.data += p2.data * alpha
-
-
-def reference_plane_point(model, vector, train_loader, test_loader, device, limit=None) -> None:
-    """dnn-mode-connectivity's per-point loop: load, BN update, train eval, test eval."""
-    vector_to_parameters(vector, model.parameters())
-    reference_bn_update(model, train_loader, device, limit)
-    reference_eval(model, train_loader, device, limit)
-    reference_eval(model, test_loader, device, limit)
 
 
 # --- ours ---------------------------------------------------------------------------------------
@@ -277,149 +188,160 @@ def entry(name: str, ours: list[float], reference: list[float]) -> dict:
 # --- one model ------------------------------------------------------------------------------
 
 
-def bench_model(
-    name: str,
-    data: Splits,
-    device: torch.device,
-    speed: Speed,
-    repeats: int,
-    ref_workers: int,
-    plane_points: int,
-    plane_mode: str,
-    log: Callable[[str], None],
-) -> dict:
-    n_train, n_test = len(data.train_y), len(data.test_y)
-    normalize = Normalizer(MEAN, STD, device)
-    train_x, train_y = data.train_x.to(device), data.train_y.to(device)
-    test_x, test_y = data.test_x.to(device), data.test_y.to(device)
-    stream = TrainStream(train_x, train_y, BATCH, normalize, seed=0)
-    bn_stream = TrainStream(
-        train_x, train_y, speed.bn_refresh_batch_size or BATCH, normalize, seed=0
-    )
-    eval_bs = speed.eval_batch_size or BATCH
-    ref_train, ref_test = reference_loaders(data, ref_workers, device)
+@dataclass
+class ModelBench:
+    """One model's two pipelines on the same data, and the measurements taken so far."""
 
+    name: str
+    device: torch.device
+    speed: Speed
+    repeats: int
+    data: Splits  # on the device
+    stream: TrainStream
+    model: nn.Module  # ours, with the speed options
+    ref_model: nn.Module  # the same initial weights, plain
+    ref_train: torch.utils.data.DataLoader
+    ref_test: torch.utils.data.DataLoader
+    log: Callable[[str], None]
+    results: dict[str, dict] = field(default_factory=dict)
+
+    def measure(self, fn: Callable[[int], object], warmup: Callable | None = None) -> list[float]:
+        return measure(fn, self.device, self.repeats, warmup)
+
+    def report(self, key: str, ours: list[float], ref: list[float]) -> None:
+        e = self.results[key] = entry(key, ours, ref)
+        self.log(
+            f"  {self.name:14s} {key:24s} ours {e['ours']:10.4g}  reference "
+            f"{e['reference']:10.4g}  {e['unit']:8s} speed-up x{e['ratio']:.2f}"
+        )
+
+
+def prepare(name, data, device, speed, repeats, ref_workers, log) -> ModelBench:
+    """Both pipelines of model `name` on `data`, from the same initial weights."""
+    on_device = Splits(
+        data.name, data.num_classes, *(t.to(device) for t in (data.train_x, data.train_y,
+                                                              data.test_x, data.test_y)),
+    )  # fmt: skip
+    stream = TrainStream(on_device.train_x, on_device.train_y, BATCH, normalizer(device), seed=0)
+    ref_train, ref_test = reference_loaders(data, ref_workers, device)
     torch.manual_seed(0)
     ref_model = build_model(name, NUM_CLASSES).to(device)
     model = build_model(name, NUM_CLASSES).to(device)
     model.load_state_dict(ref_model.state_dict())
     speed.prepare(model)
-    step_model = speed.compiled(model)
+    return ModelBench(name, device, speed, repeats, on_device, stream, model, ref_model,
+                      ref_train, ref_test, log)  # fmt: skip
 
-    def sgd(m):
-        return torch.optim.SGD(m.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
 
-    ours_opt, ref_opt = sgd(model), sgd(ref_model)
-    results: dict[str, dict] = {}
+def normalizer(device: torch.device) -> Normalizer:
+    return Normalizer(MEAN, STD, device)
 
-    def report(key: str, ours: list[float], ref: list[float]) -> None:
-        results[key] = entry(key, ours, ref)
-        e = results[key]
-        log(
-            f"  {name:14s} {key:24s} ours {e['ours']:10.4g}  reference {e['reference']:10.4g}  "
-            f"{e['unit']:8s} speed-up x{e['ratio']:.2f}"
-        )
 
-    # training: one epoch per repeat
+def sgd_of(model: nn.Module) -> torch.optim.SGD:
+    return torch.optim.SGD(model.parameters(), lr=LR, momentum=MOMENTUM, weight_decay=WEIGHT_DECAY)
+
+
+def time_training(b: ModelBench) -> None:
+    """One epoch per repeat: the training loop's own sgd_epoch against the authors' loop."""
+    n = len(b.data.train_y)
+    ref_opt = sgd_of(b.ref_model)
     with tempfile.TemporaryDirectory() as folder:
-        run = loop_run(model, step_model, ours_opt, stream, speed, device, Path(folder))
-        t_ours = measure(lambda r: sgd_epoch(run, r + 1), device, repeats)
-    t_ref = measure(
-        lambda r: reference_train_epoch(ref_model, ref_opt, ref_train, device), device, repeats
-    )
-    report("train_images_per_s", [n_train / t for t in t_ours], [n_train / t for t in t_ref])
+        run = loop_run(b.model, b.speed.compiled(b.model), sgd_of(b.model), b.stream, b.speed,
+                       b.device, Path(folder))  # fmt: skip
+        ours = b.measure(lambda r: sgd_epoch(run, r + 1))
+    ref = b.measure(lambda r: reference_train_epoch(b.ref_model, ref_opt, b.ref_train, b.device))
+    b.report("train_images_per_s", [n / t for t in ours], [n / t for t in ref])
 
-    # evaluation of the test set
-    def our_eval():
-        with speed.autocast(device):
-            evaluate(model, eval_batches(test_x, test_y, eval_bs, normalize))
 
-    t_ours = measure(lambda r: our_eval(), device, repeats)
-    t_ref = measure(lambda r: reference_eval(ref_model, ref_test, device), device, repeats)
-    report("eval_images_per_s", [n_test / t for t in t_ours], [n_test / t for t in t_ref])
+def time_evaluation(b: ModelBench) -> None:
+    """The test set in eval mode."""
+    n, d = len(b.data.test_y), b.data
+    batch = b.speed.eval_batch_size or BATCH
 
-    # BN refresh: one augmented pass over the training set
-    def our_refresh(r):
-        with speed.autocast(device):
-            refresh_bn(model, bn_stream.inputs("bn_refresh", r + 1))
+    def ours(r):
+        with b.speed.autocast(b.device):
+            evaluate(b.model, eval_batches(d.test_x, d.test_y, batch, normalizer(b.device)))
 
-    t_ours = measure(our_refresh, device, repeats)
-    t_ref = measure(lambda r: reference_bn_update(ref_model, ref_train, device), device, repeats)
-    report("bn_refresh_images_per_s", [n_train / t for t in t_ours], [n_train / t for t in t_ref])
-    if not has_batchnorm(model):
-        results["bn_refresh_images_per_s"]["note"] = NO_BN_NOTE
+    ref = b.measure(lambda r: reference_eval(b.ref_model, b.ref_test, b.device))
+    b.report("eval_images_per_s", [n / t for t in b.measure(ours)], [n / t for t in ref])
 
-    # averaging update
-    swa_model = make_averaged_model(model)
-    ref_swa = build_model(name, NUM_CLASSES).to(device)
+
+def time_bn_refresh(b: ModelBench) -> None:
+    """One augmented pass over the training set in train mode, without gradients."""
+    n, d = len(b.data.train_y), b.data
+    bn_batch = b.speed.bn_refresh_batch_size or BATCH
+    bn_stream = TrainStream(d.train_x, d.train_y, bn_batch, normalizer(b.device), seed=0)
+
+    def ours(r):
+        with b.speed.autocast(b.device):
+            refresh_bn(b.model, bn_stream.inputs("bn_refresh", r + 1))
+
+    ref = b.measure(lambda r: reference_bn_update(b.ref_model, b.ref_train, b.device))
+    b.report("bn_refresh_images_per_s", [n / t for t in b.measure(ours)], [n / t for t in ref])
+    if not has_batchnorm(b.model):
+        b.results["bn_refresh_images_per_s"]["note"] = NO_BN_NOTE
+
+
+def time_averaging(b: ModelBench) -> None:
+    """The SWA update, AVERAGING_UPDATES per repeat: the fused AveragedModel update against a
+    per-parameter Python loop."""
+    swa_model = make_averaged_model(b.model)
+    ref_swa = build_model(b.name, NUM_CLASSES).to(b.device)
     updates = itertools.count(1)
 
-    def ours_avg():
+    def ours(r):
         for _ in range(AVERAGING_UPDATES):
-            swa_model.update_parameters(model)
+            swa_model.update_parameters(b.model)
 
-    def ref_avg():
+    def ref(r):
         for _ in range(AVERAGING_UPDATES):
-            reference_moving_average(ref_swa, ref_model, 1.0 / next(updates))
+            reference_moving_average(ref_swa, b.ref_model, 1.0 / next(updates))
 
-    t_ours = measure(lambda r: ours_avg(), device, repeats)
-    t_ref = measure(lambda r: ref_avg(), device, repeats)
     per_update = 1000.0 / AVERAGING_UPDATES
-    report("averaging_update_ms", [t * per_update for t in t_ours], [t * per_update for t in t_ref])
+    b.report("averaging_update_ms", [t * per_update for t in b.measure(ours)],
+             [t * per_update for t in b.measure(ref)])  # fmt: skip
 
-    # plane points as evaluate_grid does them, P per evaluate_many call (one pass per stream),
-    # on a plain model without speed options, vs one at a time
-    base = flat_parameters(model)
-    gen = torch.Generator().manual_seed(0)
-    u, v = (torch.randn(base.numel(), generator=gen).to(device) * 1e-3 for _ in range(2))
-    coords = torch.linspace(-0.2, 1.2, plane_points, device=device)
-    vectors = torch.stack([base + a * u + (1 - a) * v for a in coords])
+
+def plane_context(b: ModelBench, images: int | None = None) -> RunContext:
+    """A RunContext over the bench data (its first `images` of each split), as the analyses
+    evaluate points: a plain model of the architecture, fp32, the run's batch sizes."""
+    d = b.data
+    x, y, tx, ty = (t[:images] for t in (d.train_x, d.train_y, d.test_x, d.test_y))
     cfg = OmegaConf.create(
-        {"optim": {"weight_decay": WEIGHT_DECAY, "batch_size": BATCH}, "model": {"name": name}}
+        {"optim": {"weight_decay": WEIGHT_DECAY, "batch_size": BATCH}, "model": {"name": b.name}}
     )
-    data_dev = Splits(data.name, data.num_classes, train_x, train_y, test_x, test_y)
-    plane_model = build_model(name, NUM_CLASSES).to(device)  # only its architecture is used
-    ctx = RunContext(cfg, plane_model, data_dev, stream, normalize, BATCH, seed=0)
-    warm_ctx = RunContext(
-        cfg,
-        plane_model,
-        Splits(
-            data.name,
-            data.num_classes,
-            train_x[:BATCH],
-            train_y[:BATCH],
-            test_x[:BATCH],
-            test_y[:BATCH],
-        ),
-        TrainStream(train_x[:BATCH], train_y[:BATCH], BATCH, normalize, seed=0),
-        normalize,
-        BATCH,
-        seed=0,
-    )
-    t_ours = measure(
-        lambda r: ctx.evaluate_many(vectors, mode=plane_mode),
-        device,
-        repeats,
-        warmup=lambda: warm_ctx.evaluate_many(vectors, mode=plane_mode),
-    )
-    ref_vector = vectors[0].clone()
-    t_ref = measure(
-        lambda r: reference_plane_point(ref_model, ref_vector, ref_train, ref_test, device),
-        device,
-        repeats,
-        warmup=lambda: reference_plane_point(
-            ref_model, ref_vector, ref_train, ref_test, device, limit=2
-        ),
-    )
-    report("plane_point_s", [t / plane_points for t in t_ours], t_ref)
+    stream = TrainStream(x, y, BATCH, normalizer(b.device), seed=0)
+    plane_model = build_model(b.name, NUM_CLASSES).to(b.device)
+    splits = Splits(d.name, d.num_classes, x, y, tx, ty)
+    return RunContext(cfg, plane_model, splits, stream, normalizer(b.device), BATCH, seed=0)
 
-    # derived fields and the issue's targets
+
+def time_plane(b: ModelBench, plane_points: int, plane_mode: str) -> None:
+    """Plane points as evaluate_grid does them (plane_points per evaluate_many call, one pass
+    per stream) against dnn-mode-connectivity's one point at a time."""
+    base = flat_parameters(b.model)
+    gen = torch.Generator().manual_seed(0)
+    u, v = (torch.randn(base.numel(), generator=gen).to(b.device) * 1e-3 for _ in range(2))
+    coords = torch.linspace(-0.2, 1.2, plane_points, device=b.device)
+    vectors = torch.stack([base + a * u + (1 - a) * v for a in coords])
+    ctx, warm_ctx = plane_context(b), plane_context(b, BATCH)
+    ours = b.measure(lambda r: ctx.evaluate_many(vectors, mode=plane_mode),
+                     warmup=lambda: warm_ctx.evaluate_many(vectors, mode=plane_mode))  # fmt: skip
+    point, (train, test) = vectors[0].clone(), (b.ref_train, b.ref_test)
+    ref = b.measure(lambda r: reference_plane_point(b.ref_model, point, train, test, b.device),
+                    warmup=lambda: reference_plane_point(b.ref_model, point, train, test,
+                                                         b.device, limit=2))  # fmt: skip
+    b.report("plane_point_s", [t / plane_points for t in ours], ref)
+
+
+def derived_of(results: dict, n_train: int) -> dict:
+    """Epoch time, BN refresh and averaging as fractions of an epoch, a 21 x 21 plane."""
     med = {k: (v["ours"], v["reference"]) for k, v in results.items()}
     epoch = [n_train / med["train_images_per_s"][i] for i in (0, 1)]
     bn = [n_train / med["bn_refresh_images_per_s"][i] for i in (0, 1)]
     avg = [med["averaging_update_ms"][i] / 1000.0 for i in (0, 1)]
     plane = [PLANE_GRID**2 * med["plane_point_s"][i] for i in (0, 1)]
-    derived = {
+    return {
         "epoch_s": {"ours": epoch[0], "reference": epoch[1]},
         "bn_refresh_fraction_of_epoch": {
             "ours": bn[0] / epoch[0],
@@ -433,42 +355,45 @@ def bench_model(
         },
         "plane_21x21_s": {"ours": plane[0], "reference": plane[1], "ratio": plane[1] / plane[0]},
     }
-    gpu = device.type == "cuda"
-    targets = [
-        target(
-            "training throughput >= 2x reference (PreResNet164, batch 128)",
-            results["train_images_per_s"]["ratio"],
-            ">=",
-            2.0,
-            gpu and name == "preresnet164",
-        ),
-        target(
-            "BN refresh <= 0.35 of a training epoch",
-            derived["bn_refresh_fraction_of_epoch"]["ours"],
-            "<=",
-            0.35,
-            gpu,
-        ),
-        target(
-            "averaging update < 1% of a training epoch",
-            derived["averaging_fraction_of_epoch"]["ours"],
-            "<",
-            0.01,
-            gpu,
-        ),
-        target(
-            "21 x 21 plane >= 5x faster than the per-point loop (PreResNet164)",
-            derived["plane_21x21_s"]["ratio"],
-            ">=",
-            5.0,
-            gpu and name == "preresnet164",
-        ),
-    ]
+
+
+def targets_of(results: dict, derived: dict, gpu: bool, name: str) -> list[dict]:
+    """The project's speed goals (set for a GPU, some for PreResNet164) and whether they hold."""
+    preresnet = gpu and name == "preresnet164"
+    return [
+        target("training throughput >= 2x reference (PreResNet164, batch 128)",
+               results["train_images_per_s"]["ratio"], ">=", 2.0, preresnet),
+        target("BN refresh <= 0.35 of a training epoch",
+               derived["bn_refresh_fraction_of_epoch"]["ours"], "<=", 0.35, gpu),
+        target("averaging update < 1% of a training epoch",
+               derived["averaging_fraction_of_epoch"]["ours"], "<", 0.01, gpu),
+        target("21 x 21 plane >= 5x faster than the per-point loop (PreResNet164)",
+               derived["plane_21x21_s"]["ratio"], ">=", 5.0, preresnet),
+    ]  # fmt: skip
+
+
+def bench_model(
+    name: str,
+    data: Splits,
+    device: torch.device,
+    speed: Speed,
+    repeats: int,
+    ref_workers: int,
+    plane_points: int,
+    plane_mode: str,
+    log: Callable[[str], None],
+) -> dict:
+    """Every measurement of model `name`, its derived fields and the speed goals."""
+    b = prepare(name, data, device, speed, repeats, ref_workers, log)
+    for timing in (time_training, time_evaluation, time_bn_refresh, time_averaging):
+        timing(b)
+    time_plane(b, plane_points, plane_mode)
+    derived = derived_of(b.results, len(data.train_y))
     return {
-        "params": count_parameters(model),
-        "measurements": results,
+        "params": count_parameters(b.model),
+        "measurements": b.results,
         "derived": derived,
-        "targets": targets,
+        "targets": targets_of(b.results, derived, device.type == "cuda", name),
     }
 
 
@@ -545,7 +470,7 @@ def target(what: str, value: float, op: str, threshold: float, applies: bool) ->
         "op": op,
         "threshold": threshold,
         "met": bool(met),
-        "applies": bool(applies),  # the issue's targets are set for a GPU (and the named model)
+        "applies": bool(applies),  # the goals are set for a GPU (and the named model)
     }
 
 
@@ -673,7 +598,64 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     return args
 
 
+def bench_settings(args: argparse.Namespace, gpu: bool) -> tuple[dict, Speed]:
+    """The JSON's settings (sizes, repeats, speed options, plane) and the Speed of ours."""
+    size = args.size or ("full" if gpu else "small")
+    sizes = dict(SIZES[size])
+    for key in ("train_size", "test_size"):
+        if getattr(args, key) is not None:
+            sizes[key] = getattr(args, key)
+    speed = load_speed(args.speed)
+    compile_on = {"on": True, "off": False, "auto": speed.compile and gpu}[args.compile]
+    speed = Speed(**{**speed.as_dict(), "compile": compile_on})
+    settings = {
+        "size": size if sizes == SIZES[size] else "custom",
+        **sizes,
+        "batch_size": BATCH,
+        "repeats": args.repeats,
+        "warmup": 1,
+        "ref_workers": args.ref_workers,
+        "speed_name": args.speed,
+        "speed": speed.as_dict(),
+        "plane_points_per_pass": args.plane_points,
+        "plane_mode": args.plane_mode if args.plane_mode != "auto" else ("vmap" if gpu else "loop"),
+        "averaging_updates_per_repeat": AVERAGING_UPDATES,
+    }
+    return settings, speed
+
+
+def log_start(env: dict, settings: dict, log: Callable[[str], None]) -> None:
+    log(
+        f"bench on {env['device_name']} | torch {env['torch']} torchvision {env['torchvision']} | "
+        f"{env['cpu_count']} CPUs ({env['cpu_cores_usable']} usable), {env['torch_threads']} torch threads"
+    )
+    log(
+        f"size {settings['size']}: {settings['train_size']} train / {settings['test_size']} test "
+        f"synthetic images, {settings['repeats']} repeats after 1 warm-up | ours: "
+        f"speed={settings['speed_name']} {settings['speed']}, plane "
+        f"{settings['plane_points_per_pass']} points/pass ({settings['plane_mode']}) | reference: "
+        f"PIL + DataLoader ({settings['ref_workers']} workers), fp32, batch {BATCH}"
+    )
+
+
+def log_model(name: str, result: dict, log: Callable[[str], None]) -> None:
+    d = result["derived"]
+    log(
+        f"  {name:14s} epoch {d['epoch_s']['ours']:.3g}s (reference {d['epoch_s']['reference']:.3g}s), "
+        f"BN refresh {d['bn_refresh_fraction_of_epoch']['ours']:.3f} of an epoch, averaging "
+        f"{d['averaging_fraction_of_epoch']['ours']:.2e} of an epoch, 21x21 plane "
+        f"{d['plane_21x21_s']['ours']:.4g}s vs {d['plane_21x21_s']['reference']:.4g}s "
+        f"(x{d['plane_21x21_s']['ratio']:.2f})"
+    )
+    for t in result["targets"]:
+        log(
+            f"    target {t['target']}: {t['value']:.4g} {t['op']} {t['threshold']} -> {t_status(t)}"
+        )
+
+
 def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> dict:
+    """Benchmark every model asked for; the JSON is rewritten after each (a cut-off run keeps
+    what it finished). Returns the results."""
     args = parse_args(argv)
     check_device(args.device)
     device = resolve_device(args.device)
@@ -682,50 +664,16 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
     check_args(args, models)
     if args.threads:
         torch.set_num_threads(args.threads)
-    size = args.size or ("full" if gpu else "small")
-    sizes = dict(SIZES[size])
-    for key in ("train_size", "test_size"):
-        if getattr(args, key) is not None:
-            sizes[key] = getattr(args, key)
-    size = size if sizes == SIZES[size] else "custom"
-    speed = load_speed(args.speed)
-    compile_on = {"on": True, "off": False, "auto": speed.compile and gpu}[args.compile]
-    speed = Speed(**{**speed.as_dict(), "compile": compile_on})
-    plane_mode = args.plane_mode if args.plane_mode != "auto" else ("vmap" if gpu else "loop")
+    settings, speed = bench_settings(args, gpu)
     speed.set_backends()
-
     env = environment(device)
-    settings = {
-        "size": size,
-        "train_size": sizes["train_size"],
-        "test_size": sizes["test_size"],
-        "batch_size": BATCH,
-        "repeats": args.repeats,
-        "warmup": 1,
-        "ref_workers": args.ref_workers,
-        "speed_name": args.speed,
-        "speed": speed.as_dict(),
-        "plane_points_per_pass": args.plane_points,
-        "plane_mode": plane_mode,
-        "averaging_updates_per_repeat": AVERAGING_UPDATES,
-    }
-    log(
-        f"bench on {env['device_name']} | torch {env['torch']} torchvision {env['torchvision']} | "
-        f"{env['cpu_count']} CPUs ({env['cpu_cores_usable']} usable), {env['torch_threads']} torch threads"
-    )
-    log(
-        f"size {size}: {sizes['train_size']} train / {sizes['test_size']} test synthetic images, "
-        f"{args.repeats} repeats after 1 warm-up | ours: speed={args.speed} {speed.as_dict()}, "
-        f"plane {args.plane_points} points/pass ({plane_mode}) | reference: PIL + DataLoader "
-        f"({args.ref_workers} workers), fp32, batch {BATCH}"
-    )
-    data = synthetic_data(sizes["train_size"], sizes["test_size"])
+    log_start(env, settings, log)
+    data = synthetic_data(settings["train_size"], settings["test_size"])
+    command = ["python -m swa_repro.bench", *(argv if argv is not None else sys.argv[1:])]
     out = {
         "schema": 1,
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-        "command": " ".join(
-            ["python -m swa_repro.bench", *(argv if argv is not None else sys.argv[1:])]
-        ),
+        "command": " ".join(command),
         "environment": env,
         "settings": settings,
         "models": {},
@@ -735,34 +683,15 @@ def run(argv: list[str] | None = None, log: Callable[[str], None] = print) -> di
     for name in models:
         with warnings.catch_warnings():  # the reference keeps the authors' 4 workers on any machine
             warnings.filterwarnings("ignore", message="This DataLoader will create")
-            out["models"][name] = bench_model(
-                name,
-                data,
-                device,
-                speed,
-                args.repeats,
-                args.ref_workers,
-                args.plane_points,
-                plane_mode,
-                log,
-            )
-        d = out["models"][name]["derived"]
-        log(
-            f"  {name:14s} epoch {d['epoch_s']['ours']:.3g}s (reference {d['epoch_s']['reference']:.3g}s), "
-            f"BN refresh {d['bn_refresh_fraction_of_epoch']['ours']:.3f} of an epoch, averaging "
-            f"{d['averaging_fraction_of_epoch']['ours']:.2e} of an epoch, 21x21 plane "
-            f"{d['plane_21x21_s']['ours']:.4g}s vs {d['plane_21x21_s']['reference']:.4g}s "
-            f"(x{d['plane_21x21_s']['ratio']:.2f})"
-        )
-        for t in out["models"][name]["targets"]:
-            log(
-                f"    target {t['target']}: {t['value']:.4g} {t['op']} {t['threshold']} -> {t_status(t)}"
-            )
+            out["models"][name] = bench_model(name, data, device, speed, args.repeats,
+                                              args.ref_workers, args.plane_points,
+                                              settings["plane_mode"], log)  # fmt: skip
+        log_model(name, out["models"][name], log)
         write_text_atomic(path, json.dumps(out, indent=2) + "\n")  # finished models survive a kill
-    out["environment"]["load_average_end"] = load_average()
+    env["load_average_end"] = load_average()
     log(
         f"1-minute load average: {env['load_average_start']} at the start, "
-        f"{out['environment']['load_average_end']} at the end ({env['cpu_cores_usable']} cores)"
+        f"{env['load_average_end']} at the end ({env['cpu_cores_usable']} cores)"
     )
     write_text_atomic(path, json.dumps(out, indent=2) + "\n")
     log(f"results written to {path}")
