@@ -17,8 +17,9 @@ inputs_hash = sha256(settings as sorted JSON, then the bytes of every defining v
 float32). A rerun whose hash matches the file's continues with the points not done: they form
 the same chunks as in an uninterrupted run (the file is only written at chunk ends), and every
 point is a deterministic function of the inputs, so the result equals an uninterrupted run.
-A file with another hash is refused. points_per_pass and multipoint_mode are speed settings,
-not inputs, and are not hashed: a grid started with one chunk size can be resumed with another
+A file with another hash is refused (open_results and UnitResults: the results of every analysis,
+stored unit by unit). points_per_pass and multipoint_mode are speed settings, not inputs, and are
+not hashed: a grid started with one chunk size can be resumed with another
 (its points then agree with an uninterrupted run to floating-point summation order).
 """
 
@@ -29,6 +30,7 @@ import io
 import json
 import numbers
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -110,31 +112,9 @@ def evaluate_grid(
         raise AnalysisError(
             f"multipoint_mode must be one of {', '.join(MODES)}, got {multipoint_mode!r}"
         )
-    out_path = Path(out_path)
-    results = {m: np.full(shape, np.nan) for m in METRICS}
-    done = np.zeros(shape, dtype=bool)
-    if out_path.exists():
-        try:
-            with np.load(out_path, allow_pickle=False) as saved:
-                saved_hash = json.loads(str(saved["config"])).get("inputs_hash")
-                if saved_hash == digest:
-                    done = saved["done"].copy()
-                    results = {m: saved[m].copy() for m in METRICS}
-        except Exception as exc:
-            raise AnalysisError(
-                f"{out_path} exists but is not a readable analysis file ({type(exc).__name__}); "
-                "delete it or choose another out="
-            ) from None
-        if saved_hash != digest:
-            raise AnalysisError(
-                f"{out_path} holds results made from different inputs (points, settings or run); "
-                "delete it or choose another out="
-            )
-    out_path.parent.mkdir(parents=True, exist_ok=True)
-    config = {**config, "inputs_hash": digest}
-
-    def state() -> dict[str, np.ndarray]:
-        return {**arrays, **results, "done": done, "config": np.array(json.dumps(config))}
+    empty = {m: np.full(shape, np.nan) for m in METRICS}
+    results = open_results(out_path, shape, empty, arrays, config, digest)
+    todo = results.todo()
 
     def evaluate(chunk: list[tuple[int, ...]]) -> list[dict[str, float]]:
         if points_per_pass == 1:  # exactly the per-point evaluation, no model copies
@@ -142,22 +122,75 @@ def evaluate_grid(
         vectors = torch.stack([point_at(index) for index in chunk])
         return ctx.evaluate_many(vectors, mode=multipoint_mode)
 
-    save_npz_atomic(out_path, state())
-    todo = [index for index in np.ndindex(shape) if not done[index]]
-    bar = tqdm(
-        total=done.size,
-        initial=done.size - len(todo),
-        desc=desc,
-        disable=None if progress else True,  # None: off when not a terminal
-        dynamic_ncols=True,
-    )
-    with bar:
+    size = int(np.prod(shape))
+    disable = None if progress else True  # None: off when not a terminal
+    with tqdm(total=size, initial=size - len(todo), desc=desc, disable=disable,
+              dynamic_ncols=True) as bar:  # fmt: skip
         for start in range(0, len(todo), points_per_pass):
             chunk = todo[start : start + points_per_pass]
-            for index, metrics in zip(chunk, evaluate(chunk), strict=True):
-                for m in METRICS:
-                    results[m][index] = metrics[m]
-                done[index] = True
-            save_npz_atomic(out_path, state())
+            metrics = evaluate(chunk)
+            results.record_many(chunk, [{m: row[m] for m in METRICS} for row in metrics])
             bar.update(len(chunk))
-    return state()
+    return results.arrays
+
+
+@dataclass
+class UnitResults:
+    """An analysis' arrays, saved after every unit of work (see module doc)."""
+
+    path: Path
+    arrays: dict[str, np.ndarray]
+
+    def todo(self) -> list[tuple[int, ...]]:
+        done = self.arrays["done"]
+        return [unit for unit in np.ndindex(done.shape) if not done[unit]]
+
+    def record(self, unit: tuple[int, ...], values: dict) -> None:
+        """Store one unit's values and write the file."""
+        self.record_many([unit], [values])
+
+    def record_many(self, units: list[tuple[int, ...]], values: list[dict]) -> None:
+        """Store several units' values, then write the file once."""
+        for unit, unit_values in zip(units, values, strict=True):
+            for key, value in unit_values.items():
+                self.arrays[key][unit] = value
+            self.arrays["done"][unit] = True
+        save_npz_atomic(self.path, self.arrays)
+
+
+def open_results(
+    path: str | Path,
+    shape: tuple[int, ...],
+    results: dict[str, np.ndarray],
+    fixed: dict[str, np.ndarray],
+    config: dict,
+    digest: str,
+) -> UnitResults:
+    """The results at `path`: resumed when it holds `digest`, else new (and written at once);
+    AnalysisError, the file untouched, when it holds results of other inputs."""
+    path = Path(path)
+    arrays = {
+        **fixed,
+        **results,
+        "done": np.zeros(shape, dtype=bool),
+        "config": np.array(json.dumps({**config, "inputs_hash": digest})),
+    }
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        save_npz_atomic(path, arrays)
+        return UnitResults(path, arrays)
+    try:
+        with np.load(path, allow_pickle=False) as saved:
+            same = json.loads(str(saved["config"])).get("inputs_hash") == digest
+            stored = {key: saved[key].copy() for key in (*results, "done")} if same else {}
+    except Exception as exc:
+        raise AnalysisError(
+            f"{path} exists but is not a readable analysis file ({type(exc).__name__}); "
+            "delete it or choose another out="
+        ) from None
+    if not same:
+        raise AnalysisError(
+            f"{path} holds results made from different inputs (origins, settings or run); "
+            "delete it or choose another out="
+        )
+    return UnitResults(path, {**arrays, **stored})

@@ -78,6 +78,86 @@ def test_probabilities(ctx: RunContext) -> torch.Tensor:
         ctx.model.train(was_training)
 
 
+def check_settings(lr1, lr2, cycle_epochs, epochs) -> None:
+    """AnalysisError naming the first bad FGE setting."""
+    if not isinstance(cycle_epochs, int) or cycle_epochs < 2 or cycle_epochs % 2:
+        raise AnalysisError(f"cycle_epochs must be an even integer >= 2, got {cycle_epochs!r}")
+    if not isinstance(epochs, int) or epochs < cycle_epochs // 2:
+        raise AnalysisError(
+            f"epochs must be an integer >= cycle_epochs / 2 (one sample), got {epochs!r}"
+        )
+    if not (check_number(lr1, "lr1") > 0 and check_number(lr2, "lr2") > 0):
+        raise AnalysisError(f"lr1 and lr2 must be > 0, got {lr1!r} and {lr2!r}")
+
+
+def start_from(ctx: RunContext, checkpoint: str | Path, lr: float):
+    """(model, optimiser, epoch) of a training checkpoint: the run's SGD state to continue."""
+    state = load_checkpoint(checkpoint)
+    if not {"model", "optimizer", "epoch"} <= state.keys():
+        raise AnalysisError(f"{checkpoint} is not a training checkpoint (model, optimizer, epoch)")
+    model = copy.deepcopy(ctx.model)
+    try:
+        model.load_state_dict(state["model"])
+    except RuntimeError:
+        raise AnalysisError(f"checkpoint {checkpoint} does not hold run_dir's model") from None
+    optim = ctx.cfg.optim
+    optimizer = torch.optim.SGD(
+        model.parameters(), lr=lr, momentum=optim.momentum, weight_decay=optim.weight_decay
+    )
+    optimizer.load_state_dict(state["optimizer"])
+    return model, optimizer, int(state["epoch"])
+
+
+def fge_epoch(ctx: RunContext, model, optimizer, schedule: FGESchedule, epoch: int) -> None:
+    """One epoch of SGD on the cyclical LR over the training stream (purpose "fge")."""
+    model.train()
+    steps = len(ctx.stream)
+    for step, (inputs, targets) in enumerate(ctx.stream.batches("fge", epoch)):
+        for group in optimizer.param_groups:
+            group["lr"] = schedule(epoch, step, steps)
+        loss = F.cross_entropy(model(inputs), targets)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+
+
+class Samples:
+    """The FGE samples so far: weights, metrics, each sample's and the ensemble's accuracy."""
+
+    def __init__(self, labels: torch.Tensor):
+        self.labels, self.probability_sum = labels, None
+        self.vectors, self.epochs, self.rows = [], [], []
+        self.sample_acc, self.ensemble_acc = [], []
+
+    def add(self, ctx: RunContext, model, epoch: int) -> None:
+        """Evaluate `model` as a point (BN refresh, metrics) and add it to the ensemble."""
+        vector = parameters_to_vector(model.parameters()).detach().cpu().clone()
+        self.rows.append(ctx.evaluate(vector))
+        probabilities = test_probabilities(ctx)
+        total = self.probability_sum
+        self.probability_sum = probabilities if total is None else total + probabilities
+        self.sample_acc.append(self.accuracy(probabilities))
+        self.ensemble_acc.append(self.accuracy(self.probability_sum))
+        self.vectors.append(vector)
+        self.epochs.append(epoch)
+        tqdm.write(
+            f"FGE sample {len(self.vectors)} (epoch {epoch}): test acc {self.sample_acc[-1]:.2f}, "
+            f"ensemble of {len(self.vectors)}: {self.ensemble_acc[-1]:.2f}"
+        )
+
+    def accuracy(self, probabilities: torch.Tensor) -> float:
+        return 100.0 * float((probabilities.argmax(1) == self.labels).double().mean())
+
+    def arrays(self, settings: dict) -> dict[str, np.ndarray]:
+        return {
+            "sample_test_acc": np.array(self.sample_acc),
+            "ensemble_test_acc": np.array(self.ensemble_acc),
+            "epochs": np.array(self.epochs),
+            **{m: np.array([row[m] for row in self.rows]) for m in METRICS},
+            "config": np.array(json.dumps(settings)),
+        }
+
+
 def compute_fge(
     ctx: RunContext,
     checkpoint: str | Path,
@@ -91,65 +171,16 @@ def compute_fge(
     config: dict | None = None,
 ) -> dict[str, np.ndarray]:
     """Run FGE from `checkpoint`, write the samples and the .npz; returns the .npz arrays."""
-    if not isinstance(cycle_epochs, int) or cycle_epochs < 2 or cycle_epochs % 2:
-        raise AnalysisError(f"cycle_epochs must be an even integer >= 2, got {cycle_epochs!r}")
-    if not isinstance(epochs, int) or epochs < cycle_epochs // 2:
-        raise AnalysisError(
-            f"epochs must be an integer >= cycle_epochs / 2 (one sample), got {epochs!r}"
-        )
-    if not (check_number(lr1, "lr1") > 0 and check_number(lr2, "lr2") > 0):
-        raise AnalysisError(f"lr1 and lr2 must be > 0, got {lr1!r} and {lr2!r}")
+    check_settings(lr1, lr2, cycle_epochs, epochs)
     out_path, samples_path = Path(out_path), Path(samples_path)
-    state = load_checkpoint(checkpoint)
-    if not {"model", "optimizer", "epoch"} <= state.keys():
-        raise AnalysisError(f"{checkpoint} is not a training checkpoint (model, optimizer, epoch)")
-    model = copy.deepcopy(ctx.model)
-    try:
-        model.load_state_dict(state["model"])
-    except RuntimeError:
-        raise AnalysisError(f"checkpoint {checkpoint} does not hold run_dir's model") from None
-    optimizer = torch.optim.SGD(
-        model.parameters(),
-        lr=lr1,
-        momentum=ctx.cfg.optim.momentum,
-        weight_decay=ctx.cfg.optim.weight_decay,
-    )
-    optimizer.load_state_dict(state["optimizer"])
+    model, optimizer, start_epoch = start_from(ctx, checkpoint, lr1)
     schedule = FGESchedule(lr1, lr2, cycle_epochs)
-    steps = len(ctx.stream)
-    start_epoch = int(state["epoch"])
     seed_everything(ctx.seed)
-
-    vectors, sample_epochs, rows = [], [], []
-    sample_acc, ensemble_acc = [], []
-    labels = ctx.data.test_y
-    probability_sum = None
+    samples = Samples(ctx.data.test_y)
     for epoch in tqdm(range(epochs), desc="fge", disable=None if progress else True):
-        model.train()
-        for step, (inputs, targets) in enumerate(ctx.stream.batches("fge", epoch)):
-            for group in optimizer.param_groups:
-                group["lr"] = schedule(epoch, step, steps)
-            loss = F.cross_entropy(model(inputs), targets)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
-        if not schedule.samples_after(epoch):
-            continue
-        vector = parameters_to_vector(model.parameters()).detach().cpu().clone()
-        rows.append(ctx.evaluate(vector))
-        probabilities = test_probabilities(ctx)
-        probability_sum = (
-            probabilities if probability_sum is None else probability_sum + probabilities
-        )
-        sample_acc.append(100.0 * float((probabilities.argmax(1) == labels).double().mean()))
-        ensemble_acc.append(100.0 * float((probability_sum.argmax(1) == labels).double().mean()))
-        vectors.append(vector)
-        sample_epochs.append(start_epoch + epoch + 1)
-        tqdm.write(
-            f"FGE sample {len(vectors)} (epoch {sample_epochs[-1]}): test acc {sample_acc[-1]:.2f}, "
-            f"ensemble of {len(vectors)}: {ensemble_acc[-1]:.2f}"
-        )
-
+        fge_epoch(ctx, model, optimizer, schedule, epoch)
+        if schedule.samples_after(epoch):
+            samples.add(ctx, model, start_epoch + epoch + 1)
     settings = {
         "analysis": "fge",
         "lr1": lr1,
@@ -164,17 +195,9 @@ def compute_fge(
         **(config or {}),
     }
     samples_path.parent.mkdir(parents=True, exist_ok=True)
-    save_checkpoint(
-        {"vectors": torch.stack(vectors), "epochs": sample_epochs, "config": json.dumps(settings)},
-        samples_path,
-    )
-    arrays = {
-        "sample_test_acc": np.array(sample_acc),
-        "ensemble_test_acc": np.array(ensemble_acc),
-        "epochs": np.array(sample_epochs),
-        **{m: np.array([row[m] for row in rows]) for m in METRICS},
-        "config": np.array(json.dumps(settings)),
-    }
+    vectors = {"vectors": torch.stack(samples.vectors), "epochs": samples.epochs}
+    save_checkpoint({**vectors, "config": json.dumps(settings)}, samples_path)
+    arrays = samples.arrays(settings)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     save_npz_atomic(out_path, arrays)
     return arrays

@@ -38,7 +38,13 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 from tqdm.auto import tqdm
 
-from swa_repro.analysis.common import AnalysisError, check_number, context_settings, inputs_hash
+from swa_repro.analysis.common import (
+    AnalysisError,
+    check_number,
+    context_settings,
+    inputs_hash,
+    open_results,
+)
 from swa_repro.analysis.directions import filter_direction, parameter_shapes
 from swa_repro.analysis.hessian import (
     HessianOperator,
@@ -51,7 +57,6 @@ from swa_repro.analysis.hessian import (
 from swa_repro.analysis.origins import (
     fixed_batches,
     load_origin,
-    open_results,
     parameter_norms,
     parameter_table,
     refresh_with_test_accuracy,

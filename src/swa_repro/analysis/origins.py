@@ -13,7 +13,7 @@ measured its BatchNorm statistics are recomputed by the procedure every analysis
 eval mode on those statistics. refresh_with_test_accuracy also reports the test accuracy with
 the statistics stored with the origin (specs.load_buffers), before that refresh.
 
-Results: one .npz per analysis. Every result array has leading axes `shape`, one entry per unit
+Results (common.open_results / UnitResults): one .npz per analysis. Every result array has leading axes `shape`, one entry per unit
 of work (an origin; for `around` one row of an origin's grid); `done` (shape) bool; `config` a
 JSON string with the settings and inputs_hash (common.inputs_hash of the settings and the origin
 vectors). A unit's values are written (atomically, the whole file) as soon as it is done; a
@@ -24,14 +24,10 @@ numbers of an uninterrupted one.
 
 from __future__ import annotations
 
-import json
-from dataclasses import dataclass
-from pathlib import Path
-
 import numpy as np
 import torch
 
-from swa_repro.analysis.common import AnalysisError, save_npz_atomic
+from swa_repro.analysis.common import AnalysisError
 from swa_repro.analysis.hessian import set_parameters
 from swa_repro.analysis.points import RunContext
 from swa_repro.bn_refresh import refresh_bn
@@ -105,59 +101,3 @@ def parameter_norms(sizes: np.ndarray, vector: torch.Tensor) -> np.ndarray:
     """||w_l|| of every parameter tensor l of the flat `vector` (float64)."""
     pieces = torch.split(vector.to(torch.float64), [int(s) for s in sizes])
     return np.array([float(piece.norm()) for piece in pieces])
-
-
-@dataclass
-class UnitResults:
-    """An analysis' arrays, saved after every unit of work (see module doc)."""
-
-    path: Path
-    arrays: dict[str, np.ndarray]
-
-    def todo(self) -> list[tuple[int, ...]]:
-        done = self.arrays["done"]
-        return [unit for unit in np.ndindex(done.shape) if not done[unit]]
-
-    def record(self, unit: tuple[int, ...], values: dict) -> None:
-        for key, value in values.items():
-            self.arrays[key][unit] = value
-        self.arrays["done"][unit] = True
-        save_npz_atomic(self.path, self.arrays)
-
-
-def open_results(
-    path: str | Path,
-    shape: tuple[int, ...],
-    results: dict[str, np.ndarray],
-    fixed: dict[str, np.ndarray],
-    config: dict,
-    digest: str,
-) -> UnitResults:
-    """The results at `path`: resumed when it holds `digest`, else new (and written at once);
-    AnalysisError, the file untouched, when it holds results of other inputs."""
-    path = Path(path)
-    arrays = {
-        **fixed,
-        **results,
-        "done": np.zeros(shape, dtype=bool),
-        "config": np.array(json.dumps({**config, "inputs_hash": digest})),
-    }
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        save_npz_atomic(path, arrays)
-        return UnitResults(path, arrays)
-    try:
-        with np.load(path, allow_pickle=False) as saved:
-            same = json.loads(str(saved["config"])).get("inputs_hash") == digest
-            stored = {key: saved[key].copy() for key in (*results, "done")} if same else {}
-    except Exception as exc:
-        raise AnalysisError(
-            f"{path} exists but is not a readable analysis file ({type(exc).__name__}); "
-            "delete it or choose another out="
-        ) from None
-    if not same:
-        raise AnalysisError(
-            f"{path} holds results made from different inputs (origins, settings or run); "
-            "delete it or choose another out="
-        )
-    return UnitResults(path, {**arrays, **stored})
