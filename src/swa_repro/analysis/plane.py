@@ -74,6 +74,16 @@ def plane_basis(w0: torch.Tensor, w1: torch.Tensor, w2: torch.Tensor) -> PlaneBa
     return PlaneBasis(origin, u, v / dy, dx, dy)
 
 
+def check_plane_settings(grid_points, margin, labels) -> None:
+    """AnalysisError naming the first bad plane setting."""
+    if not isinstance(grid_points, int) or grid_points < 2:
+        raise AnalysisError(f"grid_points must be an integer >= 2, got {grid_points!r}")
+    if check_number(margin, "margin") < 0:
+        raise AnalysisError(f"margin must be >= 0, got {margin!r}")
+    if len(labels) != 3:
+        raise AnalysisError(f"labels must name w0, w1, w2 (3 labels), got {list(labels)}")
+
+
 def compute_plane(
     ctx: RunContext,
     w0: torch.Tensor,
@@ -95,12 +105,7 @@ def compute_plane(
     `config` is merged into the saved config JSON, `extra_arrays` saved alongside;
     points_per_pass and multipoint_mode go to evaluate_grid.
     """
-    if not isinstance(grid_points, int) or grid_points < 2:
-        raise AnalysisError(f"grid_points must be an integer >= 2, got {grid_points!r}")
-    if check_number(margin, "margin") < 0:
-        raise AnalysisError(f"margin must be >= 0, got {margin!r}")
-    if len(labels) != 3:
-        raise AnalysisError(f"labels must name w0, w1, w2 (3 labels), got {list(labels)}")
+    check_plane_settings(grid_points, margin, labels)
     settings = {
         "analysis": "plane",
         "grid_points": grid_points,
