@@ -179,3 +179,36 @@ def test_small_cnn_trains_on_cpu():
     assert out.shape == (8, 10)
     out.sum().backward()
     assert all(p.grad is not None for p in model.parameters())
+
+
+class OwnNet(nn.Module):
+    """A network of the user's own, built through model._target_ (docs/config.md)."""
+
+    def __init__(self, num_classes: int, width: int = 8):
+        super().__init__()
+        self.conv = nn.Conv2d(3, width, 3, padding=1)
+        self.bn = nn.BatchNorm2d(width)
+        self.head = nn.Linear(width, num_classes)
+
+    def forward(self, x):
+        return self.head(torch.relu(self.bn(self.conv(x))).mean(dim=(2, 3)))
+
+
+def test_a_network_of_ones_own_trains_through_its_target(tmp_path):
+    from swa_repro.compose import compose_config
+    from swa_repro.config_check import validate_config
+    from swa_repro.train import train
+
+    overrides = [
+        "model=custom", f"model._target_={__name__}.OwnNet", "model.name=ownnet",
+        "+model.width=4", "data.train_size=128", "data.test_size=32", "epochs=2", "budget=2",
+        "method.swa_start=2", "progress=false",
+    ]  # fmt: skip
+    cfg = compose_config(overrides)
+    validate_config(cfg)
+    summary = train(cfg, tmp_path)
+    assert summary["model"] == "ownnet" and summary["final"]["swa"]["n_averaged"] == 1
+    from swa_repro.checkpoint import load_checkpoint
+
+    state = load_checkpoint(tmp_path / "checkpoints" / "last.pt")
+    assert state["model"]["conv.weight"].shape == (4, 3, 3, 3)

@@ -16,11 +16,13 @@ without building anything, that the target imports and takes those arguments.
 
 from __future__ import annotations
 
+import importlib
 import inspect
 
 from hydra.errors import InstantiationException
-from hydra.utils import get_object, instantiate
+from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
+from omegaconf.errors import OmegaConfBaseException
 from torch import nn
 from torch.nn.modules.batchnorm import _BatchNorm
 
@@ -32,7 +34,10 @@ from swa_repro.models.vgg import VGG16
 from swa_repro.models.wide_resnet import WideResNet
 
 MODEL_CONF_DIR = REPO_ROOT / "conf" / "model"
-MODEL_NAMES: tuple[str, ...] = tuple(sorted(p.stem for p in MODEL_CONF_DIR.glob("*.yaml")))
+# The built-in networks: every model config with a target (conf/model/custom.yaml has none: yours).
+MODEL_NAMES: tuple[str, ...] = tuple(
+    sorted(p.stem for p in MODEL_CONF_DIR.glob("*.yaml") if "_target_: ???" not in p.read_text())
+)
 RUN_KEYS = ("name", "mean", "std")  # about the run, not arguments of the network
 
 # Models whose authors' code leaves BatchNorm at PyTorch's default init (models.bn_init).
@@ -55,23 +60,46 @@ def torchvision_model(num_classes: int, arch: str, pretrained: str | None = None
 
 def model_arguments(model_cfg) -> tuple[str, dict]:
     """(the _target_, its keyword arguments) of a model config."""
-    node = (
-        OmegaConf.to_container(model_cfg, resolve=True)
-        if isinstance(model_cfg, DictConfig)
-        else dict(model_cfg)
-    )
-    if "_target_" not in node:
-        raise ModelConfigError("model._target_ is missing: name the class that builds the network")
+    try:
+        node = (
+            OmegaConf.to_container(model_cfg, resolve=True)
+            if isinstance(model_cfg, DictConfig)
+            else dict(model_cfg)
+        )
+    except OmegaConfBaseException as exc:  # e.g. model=custom without model._target_=...
+        raise ModelConfigError(f"model: {one_line(exc)}") from None
+    if node.get("_target_") in (None, "???"):
+        raise ModelConfigError(
+            "model._target_ is not set: name the class or function that builds the network, "
+            "e.g. model._target_=mypkg.nets.Net"
+        )
     args = {k: v for k, v in node.items() if k not in RUN_KEYS and k != "_target_"}
     return node["_target_"], args
+
+
+def locate(path: str):
+    """The object a dotted path names (a module's attribute, or an attribute of one: a.b.C.f)."""
+    module_path, _, name = path.rpartition(".")
+    if not module_path or not name:
+        raise ValueError(f"{path!r} is not a dotted path such as mypkg.nets.Net")
+    try:
+        return getattr(importlib.import_module(module_path), name)
+    except ModuleNotFoundError as exc:
+        if (
+            exc.name is None
+            or not module_path.startswith(exc.name)
+            or exc.name == module_path.split(".")[0]
+        ):
+            raise
+        return getattr(locate(module_path), name)
 
 
 def check_model_config(model_cfg) -> None:
     """ModelConfigError (one line) unless the target imports and accepts the arguments."""
     target, args = model_arguments(model_cfg)
     try:
-        builder = get_object(target)
-    except Exception as exc:
+        builder = locate(target)
+    except (ImportError, AttributeError, ValueError) as exc:
         raise ModelConfigError(
             f"model._target_={target} cannot be imported ({one_line(exc)})"
         ) from None
