@@ -1,6 +1,7 @@
 """Offline demo: SGD vs SWA on synthetic CIFAR-shaped data, on CPU in a few minutes.
 
-    python -m swa_repro.demo [paths.runs=runs] [any other override]
+    python -m swa_repro.demo [paths.runs=runs] [any other override of python -m swa_repro.train]
+    python -m swa_repro.demo --help
 
 Runs experiment=synthetic/small_cnn_sgd and synthetic/small_cnn_swa (each resumes or is skipped when
 already done) and prints their test metrics side by side. `make demo` then draws the
@@ -44,6 +45,9 @@ def comparison_table(sgd: dict, swa: dict) -> str:
 
 @one_line_errors
 def main(argv: list[str]) -> None:
+    if "--help" in argv or "-h" in argv:
+        print(__doc__.strip())
+        return
     sgd, swa = run_demo(argv)
     print("\n" + comparison_table(sgd, swa))
 
