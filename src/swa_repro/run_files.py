@@ -87,12 +87,17 @@ class RunStatus:
     epochs: int | None = None
     cause: str = ""  # failed: failed.json's error; other config: the keys that differ
 
-    def __str__(self) -> str:
+    def short(self) -> str:
+        """The state for a table: running with its epoch, else the state alone."""
         if self.state == "running":
             return f"running (epoch {self.epochs_done}/{self.epochs or '?'})"
+        return self.state
+
+    def __str__(self) -> str:
+        """The state with its cause."""
         if self.state == "other config":
             return f"holds a run of another config (differs in: {self.cause})"
-        return f"{self.state}: {self.cause}" if self.cause else self.state
+        return f"{self.short()}: {self.cause}" if self.cause else self.short()
 
 
 class RunFiles(RunPaths):
