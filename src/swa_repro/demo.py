@@ -18,6 +18,8 @@ from swa_repro.report import metrics_table
 from swa_repro.run_files import RunFiles
 from swa_repro.train import compose_config, train_and_report
 
+USAGE = "python -m swa_repro.demo [key=value ...]   (overrides of python -m swa_repro.train)"
+
 
 def run_demo(overrides: list[str]) -> tuple[dict, dict]:
     """Both runs, with `python -m swa_repro.train`'s outcomes (exit 2/3/75, failed.json)."""
@@ -46,7 +48,7 @@ def comparison_table(sgd: dict, swa: dict) -> str:
 @one_line_errors
 def main(argv: list[str]) -> None:
     if "--help" in argv or "-h" in argv:
-        print(__doc__.strip())
+        print(f"usage: {USAGE}\n\n{__doc__.strip()}")
         return
     sgd, swa = run_demo(argv)
     print("\n" + comparison_table(sgd, swa))
