@@ -28,7 +28,9 @@ from swa_repro.config_check import ConfigError, validate_config
 from swa_repro.data import DataError, open_data
 from swa_repro.data.imagenet import load_folders
 from swa_repro.models import build_model
+from swa_repro.run_files import RunFiles
 from swa_repro.schedule import CyclicSchedule, build_schedule
+from swa_repro.table_runs import TableRun
 from swa_repro.train import budget_epochs, compose_config, is_eval_epoch, train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -368,8 +370,8 @@ def test_a_fresh_run_starts_from_pretrained_weights_a_resumed_one_from_its_check
 
 
 def write_imagenet_run(runs: Path, model: str, seed: int, start: float, at5: float, at10: float):
-    run = runs / "imagenet" / model / "swa" / f"seed{seed}"
-    run.mkdir(parents=True)
+    """A finished run of the Table 2 cell's own config (swa_repro.table_runs), with these readings."""
+    run = TableRun.of(f"imagenet/{model}_swa", seed, runs)
     reading = lambda epoch, acc, which: {  # noqa: E731
         "epoch": epoch, "model": which, "test_acc": acc, "test_loss": 1.0, "test_nll": 1.0, "test_ece": 0.02,
     }  # fmt: skip
@@ -378,8 +380,9 @@ def write_imagenet_run(runs: Path, model: str, seed: int, start: float, at5: flo
         "final": {"sgd": {"acc": 0, "nll": 1, "ece": 0, "loss": 1}, "swa": {"acc": at10, "nll": 1, "ece": 0.02, "loss": 1}},
         "budgets": {"initial": reading(0, start, "sgd"), "5": reading(5, at5, "swa"), "10": reading(10, at10, "swa")},
     }  # fmt: skip
-    (run / "summary.json").write_text(json.dumps(summary))
-    (run / "config.yaml").write_text("epochs: 10\n")
+    files = RunFiles(run.run_dir)
+    files.write_config(run.cfg)
+    files.write_summary(summary)
 
 
 def test_table2_aggregation_beside_the_paper(tmp_path, capsys):
