@@ -261,6 +261,36 @@ def test_a_sweep_whose_runs_fail_exits_nonzero(tmp_path):
     assert (tmp_path / "results" / "table1_synthetic.md").is_file()  # still aggregated
 
 
+def test_a_plain_multirun_with_a_failing_cell_exits_1_naming_it(tmp_path):
+    """`python -m swa_repro.train -m` goes on past a failing cell (the SGD cell finishes) and
+    then exits 1, naming the failed cell with its error (swa_repro.multirun)."""
+    runs = tmp_path / "runs"
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "swa_repro.train",
+            "-m",
+            "experiment=synthetic/small_cnn_sgd,synthetic/small_cnn_swa",
+            *TINY,
+            "epochs=2",
+            "budget=2",
+            "checkpoint.keep_epochs=[]",
+            "method.swa_start=3",
+            f"paths.runs={runs}",
+        ],  # fmt: skip
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.output[-3000:]
+    assert RunPaths(run_dir(runs, "sgd", 0)).summary.is_file()
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("not finished: ")]
+    assert len(failed) == 1 and "experiment=synthetic/small_cnn_swa" in failed[0], proc.stderr
+    assert failed[0].endswith(
+        f"(failed: method.swa_start must lie in 1..epochs=2, got 3) in {run_dir(runs, 'swa', 0)}"
+    )
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 cell(s) of the multirun")
+
+
 def test_a_hand_run_in_a_sweep_cell_is_named_and_the_sweep_exits_1(
     sweep, tmp_path, capsys, monkeypatch
 ):

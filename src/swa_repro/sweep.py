@@ -16,9 +16,12 @@ A run directory that holds a run of another config than the cell's (the experime
 over, skipped or counted: the plan names it with the keys that differ. The sweep exits
 non-zero (1, or a launch's own exit code) whenever a cell is not finished afterwards - failed,
 refused (another config, a directory in use) or interrupted - and names each such cell with
-its cause; a Hydra multirun itself exits 0 past failing cells, so the run directories decide. With --gpus N > 1 every run uses N
-processes: one torchrun per run on this machine, or N SLURM tasks per node of each job under
-hydra/launcher=slurm (more nodes: hydra.launcher.nodes=K in --extra).
+its cause, read from the run directories (under the submitit launchers a multirun itself
+exits 0 past failing cells).
+
+With --gpus N > 1 every run uses N processes: one torchrun per run on this machine, or N SLURM
+tasks per node of each job under hydra/launcher=slurm (more nodes: hydra.launcher.nodes=K in
+--extra).
 
 The estimate of a run: with a benchmark JSON (--bench, default the GPU one that
 docs/performance.md records, when it exists) that measured the run's model under the run's
@@ -305,7 +308,7 @@ def launch(args: argparse.Namespace, rows: list[dict], extra: list[str]) -> int:
 
 def report_unfinished(rows: list[dict]) -> int:
     """Name every cell not finished now with its cause (the run directories say: a Hydra
-    multirun exits 0 past failing cells); 1 if there is one, else 0."""
+    multirun under the submitit launchers exits 0 past failing cells); 1 if there is one, else 0."""
     unfinished = [(r, status) for r in rows if (status := r["run"].status()).state != "finished"]
     for r, status in unfinished:
         print(f"not finished: {r['experiment']} seed {r['seed']} ({status}) in {r['run_dir']}")
