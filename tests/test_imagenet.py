@@ -27,6 +27,7 @@ from swa_repro.checkpoint import load_checkpoint
 from swa_repro.config_check import ConfigError, validate_config
 from swa_repro.data import DataError, open_data
 from swa_repro.data.imagenet import load_folders
+from swa_repro.layout import RunPaths
 from swa_repro.models import build_model
 from swa_repro.run_files import RunFiles
 from swa_repro.schedule import CyclicSchedule, build_schedule
@@ -125,8 +126,8 @@ def test_swa_average_is_the_mean_of_the_cycle_end_weights(
     if not include_start:
         overrides.append("method.swa_include_start=false")
     summary = train(compose_config(overrides), run)
-    last = load_checkpoint(run / "checkpoints" / "last.pt")
-    ends = [load_checkpoint(run / "checkpoints" / f"epoch_{e:04d}.pt")["model"] for e in (1, 2, 3)]
+    last = load_checkpoint(RunPaths(run).last)
+    ends = [load_checkpoint(RunPaths(run).kept(e))["model"] for e in (1, 2, 3)]
     models = ([starts[0]] if include_start else []) + ends
     assert int(last["swa_model"]["n_averaged"]) == len(models) == 3 + include_start
     for name, _ in build_model("small_cnn", 4).named_parameters():
@@ -134,7 +135,7 @@ def test_swa_average_is_the_mean_of_the_cycle_end_weights(
         torch.testing.assert_close(last["swa_model"][f"module.{name}"], mean, rtol=1e-6, atol=1e-6)
         assert not torch.allclose(starts[0][name], ends[0][name])  # training moved the weights
     # the pretrained ("SGD") column is the model before any step; SWA read after 2 and 3 epochs
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in RunPaths(run).metrics.read_text().splitlines()]
     assert metrics[0]["epoch"] == 0 and "train_loss" not in metrics[0]
     assert summary["budgets"]["initial"] == {
         "epoch": 0, "model": "sgd", **{f"test_{k}": metrics[0][f"test_{k}"] for k in ("acc", "loss", "nll", "ece")},
@@ -357,12 +358,12 @@ def test_a_fresh_run_starts_from_pretrained_weights_a_resumed_one_from_its_check
     assert calls == [("resnet50", "IMAGENET1K_V1")]
     # a longer run started from the first one's checkpoint builds without weights
     seeded = tmp_path / "seeded"
-    last = run / "checkpoints" / "last.pt"
+    last = RunPaths(run).last
     train(compose_config([*overrides, "epochs=2", f"resume={last}"]), seeded)
     assert calls == [("resnet50", "IMAGENET1K_V1"), ("resnet50", None)]
     # its starting evaluation is of the checkpoint's weights (not of a fresh init)
-    start = json.loads((seeded / "metrics.jsonl").read_text().splitlines()[0])
-    end_of_first = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    start = json.loads(RunPaths(seeded).metrics.read_text().splitlines()[0])
+    end_of_first = json.loads(RunPaths(run).metrics.read_text().splitlines()[-1])
     assert start["epoch"] == 1 and start["test_nll"] == end_of_first["test_nll"]
 
 
