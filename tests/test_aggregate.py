@@ -848,8 +848,8 @@ def test_a_hand_run_in_a_cells_directory_is_reported_and_exits_1(tmp_path, capsy
     assert info.value.code == aggregate.EXIT_OTHER_CONFIG == 1
     captured = capsys.readouterr()
     assert captured.err.strip().splitlines() == [
-        "error: 1 run directory holds a run of another config (listed under the table): move "
-        "them away, or give --extra the overrides they were trained with"
+        "error: run directories holding a run of another config: 1 (listed under the table); "
+        "move them away, or give --extra the overrides they were trained with"
     ]
     for column in SWA_COLUMNS.values():
         assert ours(md_tables(captured.out)[0]["small_cnn"][column]) == "80.00 (n=1)"

@@ -411,9 +411,8 @@ def run(argv: list[str] | None = None) -> int:
     collisions = other_config_dirs(rows)
     if collisions:
         print(
-            f"error: {len(collisions)} run director{'y holds a run' if len(collisions) == 1 else 'ies hold runs'} "
-            "of another config (listed under the table): move them away, or give --extra the "
-            "overrides they were trained with",
+            f"error: run directories holding a run of another config: {len(collisions)} (listed "
+            "under the table); move them away, or give --extra the overrides they were trained with",
             file=sys.stderr,
         )
         return EXIT_OTHER_CONFIG
