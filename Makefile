@@ -53,7 +53,7 @@ BENCH_ARGS ?=
 bench: install
 	$(PY) -m swa_repro.bench --out experiments/results/bench.json $(BENCH_ARGS)
 
-# On a GPU, what docs/performance.md records: the fast paths on PreResNet164 (the issue's
+# On a GPU, what docs/performance.md records: the fast paths on PreResNet164 (the speed
 # targets), then every Table 1 model faithful (fp32, the authors' batches: the reproduce
 # targets' GPU-hour estimates read this JSON). Sized for about 8 minutes on one H100/H200
 # (estimated); each JSON is rewritten after every model, so a cut-short run keeps what it did.
@@ -86,13 +86,15 @@ reproduce-imagenet: install
 # The whole Table 1 pipeline on the synthetic data, offline on CPU: a smoke test of sweeps and aggregation.
 reproduce-synthetic: install
 	$(PY) -m swa_repro.sweep table1 --dataset synthetic --models small_cnn --seeds 0,1 --runs $(RUNS) \
-		--extra "progress=false $(EXTRA)" --out $(RUNS)/results
+		--extra "progress=false $(EXTRA)"
 
-# Rewrite the result tables from whatever runs exist (no training).
+# Rewrite the result tables from whatever runs exist (no training); EXTRA: the overrides the
+# runs were trained with (as given to the reproduce targets). Every results table, of these
+# and of the reproduce targets, goes to experiments/results/.
 aggregate: install
-	$(PY) -m swa_repro.aggregate table1 --dataset cifar100 --runs $(RUNS) --readme README.md
-	$(PY) -m swa_repro.aggregate table1 --dataset cifar10 --runs $(RUNS) --readme README.md
-	$(PY) -m swa_repro.aggregate table2 --dataset imagenet --runs $(RUNS) --readme README.md
+	$(PY) -m swa_repro.aggregate table1 --dataset cifar100 --runs $(RUNS) --readme README.md --extra "$(EXTRA)"
+	$(PY) -m swa_repro.aggregate table1 --dataset cifar10 --runs $(RUNS) --readme README.md --extra "$(EXTRA)"
+	$(PY) -m swa_repro.aggregate table2 --dataset imagenet --runs $(RUNS) --readme README.md --extra "$(EXTRA)"
 
 # Every figure of the paper from the Table 1 runs (PreResNet164, CIFAR-100, seed 0 by default).
 FIGURE_SETUP ?= cifar100/preresnet164

@@ -15,15 +15,17 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from plot_common import COLORS, one_line_errors, read_json, require, save  # noqa: E402
+from swa_repro.layout import RunPaths  # noqa: E402  (on the path through plot_common)
 
 SUMMARY_KEYS = ("method", "lr_curve", "synthetic", "model", "data")
 
 
 def read_run(run_dir: Path) -> tuple[list[dict], dict]:
     expected = "a finished run directory of python -m swa_repro.train"
-    metrics = read_json(run_dir / "metrics.jsonl", expected, lines=True)
-    summary = read_json(run_dir / "summary.json", expected)
-    require(summary, SUMMARY_KEYS, run_dir / "summary.json", expected)
+    paths = RunPaths(run_dir)
+    metrics = read_json(paths.metrics, expected, lines=True)
+    summary = read_json(paths.summary, expected)
+    require(summary, SUMMARY_KEYS, paths.summary, expected)
     return metrics, summary
 
 

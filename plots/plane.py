@@ -110,27 +110,45 @@ def draw_panel(
     filled = ax.contourf(x, y, z, levels=levels, cmap=CMAP, norm=norm, zorder=0)
     ax.contour(x, y, z, levels=levels, colors="black", linewidths=0.5, alpha=0.45, zorder=1)
 
+    flat = np.ptp(y) < 0.5 * np.ptp(x)
+    draw_colorbar(fig, ax, filled, levels, flat, above_vmax=np.nanmax(values) > vmax)
+    if "trajectory_xy" in data:
+        draw_trajectory(ax, data)
+    draw_points(ax, data)
+    ax.set_xlim(x[0], x[-1])
+    ax.set_ylim(y[0], y[-1])
+    ax.set_aspect("equal")
+    ax.set_xlabel("distance along u")
+    ax.set_ylabel("distance along v")
+
+
+def draw_colorbar(
+    fig: Figure, ax: Axes, filled, levels: np.ndarray, flat: bool, above_vmax: bool
+) -> None:
+    """The colorbar beside `ax`: at most 7 ticks (4 on a flat panel) ending at vmax, marked
+    ">=" when values above vmax were drawn as vmax."""
     cax = make_axes_locatable(ax).append_axes("right", size="5%", pad=0.08)
     bar = fig.colorbar(filled, cax=cax)
-    max_ticks = 7 if np.ptp(y) >= 0.5 * np.ptp(x) else 4  # fewer on a flat panel
+    max_ticks = 4 if flat else 7
     ticks = levels[:: int(np.ceil(len(levels) / max_ticks))]
     if ticks[-1] != levels[-1]:
         ticks = np.append(ticks[:-1], levels[-1])
     bar.set_ticks(ticks)
     labels = [f"{t:.2g}" for t in ticks]
-    if np.nanmax(values) > vmax:
+    if above_vmax:
         labels[-1] = f"$\\geq${labels[-1]}"
     bar.set_ticklabels(labels)
     bar.ax.tick_params(labelsize=8)
 
-    if "trajectory_xy" in data:
-        draw_trajectory(ax, data)
 
+def draw_points(ax: Axes, data: dict) -> None:
+    """A marker and a label (on the inner side) for every named point of the plane."""
+    x, y = data["x"], data["y"]
     names = [str(n) for n in data.get("point_names", [])]
     xy = np.asarray(data.get("point_xy", np.zeros((0, 2))))
     for name, label, (px, py) in zip(names, display_names(data), xy, strict=True):
         ax.scatter([px], [py], zorder=4, **point_style(name))
-        right = px > x[0] + 0.65 * (x[-1] - x[0])  # label on the inner side of the point
+        right = px > x[0] + 0.65 * (x[-1] - x[0])
         top = py > y[0] + 0.8 * (y[-1] - y[0])
         ax.annotate(
             label,
@@ -143,12 +161,6 @@ def draw_panel(
             zorder=5,
             bbox=LABEL_BOX,
         )
-
-    ax.set_xlim(x[0], x[-1])
-    ax.set_ylim(y[0], y[-1])
-    ax.set_aspect("equal")
-    ax.set_xlabel("distance along u")
-    ax.set_ylabel("distance along v")
 
 
 def draw_trajectory(ax: Axes, data: dict) -> None:

@@ -18,6 +18,9 @@ from typing import Any
 
 import matplotlib
 
+# This checkout's swa_repro (for its stdlib-only run-directory layout, swa_repro.layout) before
+# any other installed copy: a script reads runs with the layout of the code that wrote them.
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "src"))
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402

@@ -13,6 +13,7 @@ import json
 import math
 import re
 import statistics
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -21,6 +22,8 @@ import yaml
 from swa_repro import aggregate, bench, sweep
 from swa_repro.aggregate import Cell, build_table
 from swa_repro.compose import CONF_DIR, compose_config
+from swa_repro.run_files import RunFiles
+from swa_repro.table_runs import TableRun, experiment_name, table_models
 
 PAPER_YAML = Path(__file__).resolve().parents[1] / "experiments" / "paper_results.yaml"
 SWA_LABELS = ("1", "1.25", "1.5")
@@ -58,20 +61,26 @@ def final(acc: float, nll: float, ece: float) -> dict:
     return {"acc": acc, "loss": nll + 0.01, "nll": nll, "ece": ece, "n_averaged": 7}
 
 
-def write_summary(run_dir: Path, summary: dict) -> Path:
-    run_dir.mkdir(parents=True, exist_ok=True)
-    (run_dir / "config.yaml").write_text("epochs: 225\nbudget: 150\n")
-    (run_dir / "metrics.jsonl").write_text(json.dumps({"epoch": 225, "test_acc": 1.0}) + "\n")
-    (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return run_dir
+def cell_run(runs: Path, table: str, dataset: str, model: str, method: str, seed: int, extra=()):
+    """The run a table cell reads: its experiment's config (with `extra`) and run directory."""
+    return TableRun.of(experiment_name(table, dataset, model, method), seed, runs, extra)
+
+
+def write_summary(run: TableRun, summary: dict) -> Path:
+    """A finished run of the cell's own config, with the given summary.json."""
+    files = RunFiles(run.run_dir)
+    files.write_config(run.cfg)
+    files.write_metrics([{"epoch": run.cfg.epochs, "test_acc": 1.0}])
+    files.write_summary(summary)
+    return run.run_dir
 
 
 def write_sgd(
-    runs: Path, dataset: str, model: str, seed: int, acc, nll=1.0, ece=0.05, method="sgd"
+    runs: Path, dataset: str, model: str, seed: int, acc, nll=1.0, ece=0.05, table="table1"
 ):
     """A finished SGD run: final SGD reading = the 1-budget reading."""
     return write_summary(
-        runs / dataset / model / method / f"seed{seed}",
+        cell_run(runs, table, dataset, model, "sgd", seed),
         {
             "status": "finished",
             "final": {"sgd": final(acc, nll, ece), "swa": None},
@@ -81,13 +90,13 @@ def write_sgd(
 
 
 def write_swa(
-    runs: Path, dataset: str, model: str, seed: int, budgets: dict, method="swa", last=None
+    runs: Path, dataset: str, model: str, seed: int, budgets: dict, table="table1", last=None
 ):
     """A finished SWA run; budgets: label -> (acc, nll, ece). The final SGD reading is junk
     (it must never be used by a SWA column)."""
     acc, nll, ece = last or budgets["1.5"]
     return write_summary(
-        runs / dataset / model / method / f"seed{seed}",
+        cell_run(runs, table, dataset, model, "swa", seed),
         {
             "status": "finished",
             "final": {"sgd": final(11.0, 9.0, 0.9), "swa": final(acc, nll, ece)},
@@ -99,17 +108,14 @@ def write_swa(
     )
 
 
-def write_partial(
-    runs: Path, dataset: str, model: str, method: str, seed: int, epochs=225, last=40
-):
-    run_dir = runs / dataset / model / method / f"seed{seed}"
-    run_dir.mkdir(parents=True)
-    (run_dir / "config.yaml").write_text(f"epochs: {epochs}\nbudget: 150\neval_every: 5\n")
+def write_partial(runs: Path, dataset: str, model: str, method: str, seed: int, last=40):
+    """An unfinished run of the cell's config, evaluated up to epoch `last`."""
+    run = cell_run(runs, "table1", dataset, model, method, seed)
+    files = RunFiles(run.run_dir)
+    files.write_config(run.cfg)
     done = [1, *range(5, last + 1, 5)]
-    (run_dir / "metrics.jsonl").write_text(
-        "".join(json.dumps({"epoch": e, "test_acc": 50.0}) + "\n" for e in done)
-    )
-    return run_dir
+    files.write_metrics([{"epoch": e, "test_acc": 50.0} for e in done])
+    return run.run_dir
 
 
 # --- reading the outputs -----------------------------------------------------------------------
@@ -170,11 +176,11 @@ def _break(tmp_path: Path, case: str) -> list[str]:
         broken.write_text("x")
         return ["--out", str(broken)]
     if case == "summary_corrupt":
-        (run_dir / "summary.json").write_text('{"final": {"sgd": "unterminated')
+        RunFiles(run_dir).summary.write_text('{"final": {"sgd": "unterminated')
     elif case == "summary_not_a_summary":
-        (run_dir / "summary.json").write_text('{"status": "finished"}')
+        RunFiles(run_dir).summary.write_text('{"status": "finished"}')
     elif case == "config_corrupt":
-        (run_dir / "config.yaml").write_text("epochs: [225\n")
+        RunFiles(run_dir).config.write_text("epochs: [225\n")
     return []
 
 
@@ -187,7 +193,7 @@ def _break(tmp_path: Path, case: str) -> list[str]:
         ("out_is_a_file", "--out {tmp}/broken: {tmp}/broken is a file, not a folder"),
         ("summary_corrupt", "{run}/summary.json is not valid JSON: Unterminated string"),
         ("summary_not_a_summary", "{run}/summary.json is not a run summary"),
-        ("config_corrupt", "{run}/config.yaml is not valid YAML"),
+        ("config_corrupt", "{run}/config.yaml cannot be read"),
     ],
 )
 def test_bad_input_is_one_line_error(tmp_path, capsys, case, message):
@@ -199,7 +205,7 @@ def test_bad_input_is_one_line_error(tmp_path, capsys, case, message):
         aggregate.main(argv)
     assert exit_info.value.code == 2
     err = capsys.readouterr().err.strip().splitlines()
-    run = tmp_path / "runs" / "cifar100" / "vgg16" / "sgd" / "seed0"
+    run = cell_run(tmp_path / "runs", "table1", "cifar100", "vgg16", "sgd", 0).run_dir
     assert len(err) == 1 and err[0].startswith("error: "), err
     assert message.format(tmp=tmp_path, run=run) in err[0]
     assert not out.exists()
@@ -317,9 +323,10 @@ def test_swa_reading_of_the_sgd_model_is_not_an_swa_value(tmp_path, capsys):
             runs, "cifar100", "vgg16", seed, dict.fromkeys(SWA_LABELS, (acc, 1, 0.1))
         )
         if seed == 0:
-            summary = json.loads((run_dir / "summary.json").read_text())
+            files = RunFiles(run_dir)
+            summary = files.read_summary()
             summary["budgets"]["1"]["model"] = "sgd"
-            write_summary(run_dir, summary)
+            files.write_summary(summary)
     args = ["table1", "--dataset", "cifar100", "--runs", str(runs), "--out", str(out)]
     text = run_main(capsys, [*args, "--models", "vgg16", "--seeds", "0,1,2"])
     table = read_csv(out / "table1_cifar100.csv")
@@ -447,7 +454,7 @@ def test_no_runs_at_all_shows_missing_never_numbers(tmp_path, capsys):
         capsys, ["table1", "--dataset", "cifar100", "--runs", str(runs), "--out", str(out)]
     )
     main_table, gains = md_tables(text)
-    for model in aggregate.TABLE1_MODELS:
+    for model in ("vgg16", "preresnet110", "preresnet164", "wrn28x10"):
         assert [main_table[model][c] for c in TABLE1_COLUMNS] == ["missing"] * 4
         gain_row = list(gains[model].values())
         # ours: gain, NLL and ECE all "-" (the paper's gain is the only number)
@@ -464,10 +471,10 @@ def test_no_runs_at_all_shows_missing_never_numbers(tmp_path, capsys):
 
 def test_partial_run_shows_running_with_epoch(tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "out"
-    write_partial(runs, "cifar100", "preresnet164", "swa", 0, epochs=225, last=40)
+    write_partial(runs, "cifar100", "preresnet164", "swa", 0, last=40)  # of 225 epochs
     # WRN: one seed finished, one running, one missing
     write_sgd(runs, "cifar100", "wrn28x10", 0, 80.5, 0.7, 0.04)
-    write_partial(runs, "cifar100", "wrn28x10", "sgd", 1, epochs=200, last=115)
+    write_partial(runs, "cifar100", "wrn28x10", "sgd", 1, last=115)  # of 200 epochs
     text = run_main(
         capsys, ["table1", "--dataset", "cifar100", "--runs", str(runs), "--out", str(out)]
     )
@@ -480,7 +487,7 @@ def test_partial_run_shows_running_with_epoch(tmp_path, capsys):
     assert ours(main_table["wrn28x10"]["SGD"]) == "80.50 (n=1)"
     assert "- wrn28x10 SGD: seed 1: running (epoch 115/200)" in text
     assert "- wrn28x10 SGD: seed 2: missing" in text
-    not_included = text.split("Not included (not finished):")[1]
+    not_included = text.split("Not included:")[1]
     assert "wrn28x10 SGD: seed 0" not in not_included
     table = read_csv(out / "table1_cifar100.csv")
     row = table[("preresnet164", "SWA 1.5 budgets")]
@@ -553,9 +560,7 @@ def test_fixed_lr_table(tmp_path, capsys):
     runs, out = tmp_path / "runs", tmp_path / "out"
     sgd_accs, swa_accs = [78.3, 78.9, 78.5], [81.2, 81.9, 81.5]
     for seed in range(3):
-        write_sgd(
-            runs, "cifar100", "wrn28x10", seed, sgd_accs[seed], 0.9, 0.08, method="sgd_fixed_lr"
-        )
+        write_sgd(runs, "cifar100", "wrn28x10", seed, sgd_accs[seed], 0.9, 0.08, table="fixed_lr")
         # budget readings differ from the final SWA reading: the column must use the final one
         write_swa(
             runs,
@@ -563,7 +568,7 @@ def test_fixed_lr_table(tmp_path, capsys):
             "wrn28x10",
             seed,
             {"1": (50.0, 2.0, 0.2)},
-            method="swa_fixed_lr",
+            table="fixed_lr",
             last=(swa_accs[seed], 0.7, 0.02),
         )
     # table1 runs of the same model must not be read
@@ -620,7 +625,9 @@ def test_experiments_of():
     ]
     names = sweep.experiments_of("fixed_lr", "cifar100", ["wrn28x10"])
     assert names == ["cifar100/wrn28x10_fixed_lr_sgd", "cifar100/wrn28x10_fixed_lr_swa"]
-    for name in names + sweep.experiments_of("table1", "cifar10", list(aggregate.TABLE1_MODELS)):
+    for name in names + sweep.experiments_of(
+        "table1", "cifar10", table_models("table1", "cifar10")
+    ):
         assert (Path(CONF_DIR) / "experiment" / f"{name}.yaml").is_file(), name
 
 
@@ -672,7 +679,7 @@ def dry_run(runs: Path, capsys, monkeypatch, macs) -> tuple[list[tuple], str]:
         raise AssertionError("a dry run launched something")
 
     monkeypatch.setattr(sweep.subprocess, "run", no_launch)
-    monkeypatch.setattr(sweep.aggregate, "main", no_launch)
+    monkeypatch.setattr(sweep.aggregate, "run", no_launch)
     monkeypatch.setattr(sweep, "macs_per_image", lambda name, classes, size: macs[(name, classes)])
     sweep.main(
         ["table1", "--dataset", "cifar100", "--dry-run", "--runs", str(runs), "--bench", "none"]
@@ -707,7 +714,7 @@ def test_sweep_dry_run_plan(tmp_path, capsys, monkeypatch, macs):
 
     # a finished run, and a partial one
     write_sgd(runs, "cifar100", "vgg16", 1, 72.4)
-    write_partial(runs, "cifar100", "preresnet164", "swa", 2, epochs=225, last=40)
+    write_partial(runs, "cifar100", "preresnet164", "swa", 2, last=40)
     before = sorted(p.relative_to(runs) for p in runs.rglob("*"))
     rows, total = dry_run(runs, capsys, monkeypatch, macs)
     states = {(r[0], r[1]): r for r in rows}
@@ -784,16 +791,133 @@ def test_bad_bench_file_is_one_line_error(tmp_path, capsys, content, message):
     assert len(err) == 1 and err[0].startswith("error: ") and message in err[0]
 
 
+FAST = ("speed.bf16=true", "speed.tf32=true")
+
+
 def test_cells_with_fast_path_runs_are_marked(tmp_path, capsys):
+    """Runs trained with fast paths are the table's runs when --extra says so, and marked."""
     runs = tmp_path / "runs"
-    faithful = write_sgd(runs, "cifar100", "vgg16", 0, 72.0)
-    fast = write_sgd(runs, "cifar100", "vgg16", 1, 72.2)
-    (faithful / "config.yaml").write_text("epochs: 200\nspeed: {bf16: false, tf32: false}\n")
-    (fast / "config.yaml").write_text("epochs: 200\nspeed: {bf16: true, tf32: true}\n")
-    rows = aggregate.build_table("table1", "cifar100", runs, ["vgg16"], [0, 1], {})
+    for seed, acc in enumerate((72.0, 72.2)):
+        write_summary(
+            cell_run(runs, "table1", "cifar100", "vgg16", "sgd", seed, FAST),
+            {"final": {"sgd": final(acc, 1.0, 0.05), "swa": None}, "budgets": {}},
+        )
+    rows = aggregate.build_table("table1", "cifar100", runs, ["vgg16"], [0, 1], {}, FAST)
+    assert rows["vgg16"]["SGD"].stat()[0] == pytest.approx(72.1)
     assert aggregate.cell_markdown(rows["vgg16"]["SGD"]).endswith("[fast paths: bf16, tf32]")
-    rows = aggregate.build_table("table1", "cifar100", runs, ["vgg16"], [0], {})
+    faithful = tmp_path / "faithful"
+    write_sgd(faithful, "cifar100", "vgg16", 0, 72.0)
+    rows = aggregate.build_table("table1", "cifar100", faithful, ["vgg16"], [0], {})
     assert "fast paths" not in aggregate.cell_markdown(rows["vgg16"]["SGD"])
+    # without the --extra they were trained with, they are runs of another config
+    rows = aggregate.build_table("table1", "cifar100", runs, ["vgg16"], [0, 1], {})
+    cell = rows["vgg16"]["SGD"]
+    assert cell.values == [] and aggregate.cell_markdown(cell) == "other config (see below)"
+    assert cell.pending[0].endswith(
+        "holds a run of another config (differs in: speed.bf16, speed.tf32)"
+    )
+
+
+# --- runs of another config in a cell's directory, the models of a data set, the results folder
+
+
+def test_a_hand_run_in_a_cells_directory_is_reported_and_exits_1(tmp_path, capsys):
+    """A run trained by hand with overrides lands in the cell's directory (the same name): the
+    table names it with the differing keys, counts only the cell's own runs, and exits 1."""
+    runs, out = tmp_path / "runs", tmp_path / "out"
+    budgets = dict.fromkeys(SWA_LABELS, (80.0, 0.8, 0.02))
+    hand = cell_run(
+        runs, "table1", "synthetic", "small_cnn", "swa", 0, ["epochs=10", "method.swa_start=6"]
+    )
+    assert hand.run_dir == cell_run(runs, "table1", "synthetic", "small_cnn", "swa", 0).run_dir
+    write_summary(hand, {"final": {"sgd": final(1, 1, 1), "swa": final(80, 1, 1)}, "budgets": {}})
+    write_swa(runs, "synthetic", "small_cnn", 1, budgets)
+    args = [
+        "table1",
+        "--dataset",
+        "synthetic",
+        "--runs",
+        str(runs),
+        "--out",
+        str(out),
+        "--seeds",
+        "0,1",
+    ]
+    with pytest.raises(SystemExit) as info:
+        aggregate.main(args)
+    assert info.value.code == aggregate.EXIT_OTHER_CONFIG == 1
+    captured = capsys.readouterr()
+    assert captured.err.strip().splitlines() == [
+        "error: run directories holding a run of another config: 1 (listed under the table); "
+        "move them away, or give --extra the overrides they were trained with"
+    ]
+    for column in SWA_COLUMNS.values():
+        assert ours(md_tables(captured.out)[0]["small_cnn"][column]) == "80.00 (n=1)"
+        assert (
+            f"- small_cnn {column}: seed 0: {hand.run_dir} holds a run of another config "
+            "(differs in: epochs, method.swa_start)"
+        ) in captured.out
+    # the same runs with the overrides the hand run was trained with: it is the one counted
+    assert aggregate.run([*args, "--seeds", "0", "--extra", "epochs=10 method.swa_start=6"]) == 0
+
+
+def test_table_models_are_the_data_sets_experiments(tmp_path, capsys):
+    assert table_models("table1", "cifar100") == [
+        "vgg16",
+        "preresnet110",
+        "preresnet164",
+        "wrn28x10",
+    ]
+    assert table_models("table1", "cifar10") == [
+        "vgg16",
+        "preresnet110",
+        "preresnet164",
+        "wrn28x10",
+    ]
+    assert table_models("fixed_lr", "cifar100") == ["wrn28x10"]
+    assert table_models("table2", "imagenet") == ["resnet50", "resnet152", "densenet161"]
+    assert table_models("table1", "synthetic") == ["small_cnn"]
+    out = tmp_path / "out"
+    text = run_main(
+        capsys, ["table1", "--dataset", "synthetic", "--runs", str(tmp_path), "--out", str(out)]
+    )
+    assert list(md_tables(text)[0]) == ["small_cnn"]
+    assert text.count("- small_cnn") == 4 * 3 and text.count("missing") == 4 + 4 * 3
+    for argv, message in (
+        (["table1", "--dataset", "cifar1000"], "no experiment configs for table1 on 'cifar1000'"),
+        (["fixed_lr", "--dataset", "cifar10"], "no experiment configs for fixed_lr on 'cifar10'"),
+        (
+            ["table1", "--dataset", "synthetic", "--models", "vgg16"],
+            "--models: 'vgg16' has no table1 experiment configs on synthetic (valid: small_cnn)",
+        ),
+    ):
+        with pytest.raises(SystemExit) as info:
+            aggregate.main([*argv, "--out", str(out)])
+        assert info.value.code == 2
+        err = capsys.readouterr().err.strip().splitlines()
+        assert len(err) == 1 and message in err[0], err
+
+
+def test_one_results_folder_for_aggregate_sweep_and_make():
+    """aggregate, the sweep and every make target that aggregates use experiments/results/."""
+    results = Path(__file__).resolve().parents[1] / "experiments" / "results"
+    assert aggregate.parse_args(["table1", "--dataset", "x"]).out == results
+    assert sweep.parse_args(["table1", "--dataset", "x"]).out == results
+    targets = ["reproduce-cifar100", "reproduce-synthetic", "reproduce-imagenet", "aggregate"]
+    for target in targets:
+        made = subprocess.run(
+            ["make", "-n", target],
+            cwd=results.parents[1],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        commands = [
+            line
+            for line in made.stdout.splitlines()
+            if "swa_repro.sweep" in line or "swa_repro.aggregate" in line
+        ]
+        assert commands and all("--out" not in line for line in commands), (target, commands)
 
 
 @pytest.mark.parametrize(

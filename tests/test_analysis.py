@@ -12,6 +12,7 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from swa_repro import layout
 from swa_repro.analysis.__main__ import ANALYSIS_CONF_DIR, EXIT_USER_ERROR, main
 from swa_repro.analysis.common import POINTS_PER_PASS, AnalysisError
 from swa_repro.analysis.fge import FGESchedule, compute_fge
@@ -23,6 +24,7 @@ from swa_repro.analysis.specs import load_point
 from swa_repro.analysis.trajectory import compute_trajectory
 from swa_repro.checkpoint import load_checkpoint
 from swa_repro.compose import compose_config
+from swa_repro.layout import RunPaths
 from swa_repro.train import train
 
 RUN_OVERRIDES = [
@@ -57,9 +59,9 @@ def ctx(run_dir):
 @pytest.fixture(scope="session")
 def points(run_dir, ctx):
     """w0 = SGD iterate at epoch 2 (before averaging), w1 = final SGD iterate, w2 = final SWA average."""
-    last = run_dir / "checkpoints" / "last.pt"
+    last = RunPaths(run_dir).last
     return (
-        load_point(f"{run_dir / 'checkpoints' / 'epoch_0002.pt'}:model", ctx.model),
+        load_point(f"{RunPaths(run_dir).kept(2)}:model", ctx.model),
         load_point(f"{last}:model", ctx.model),
         load_point(f"{last}:swa", ctx.model),
     )
@@ -372,7 +374,7 @@ def test_fge_learning_rate_triangle():
 
 
 def test_fge_samples_and_ensemble(ctx, run_dir, tmp_path):
-    last = run_dir / "checkpoints" / "last.pt"
+    last = RunPaths(run_dir).last
     out, samples = tmp_path / "fge.npz", tmp_path / "fge_samples.pt"
     res = compute_fge(ctx, last, out, samples, lr1=0.05, lr2=0.01, cycle_epochs=2, epochs=4,
                       progress=False)  # fmt: skip
@@ -446,15 +448,15 @@ def test_cli_bad_run_dir_exits_2_with_one_line(tmp_path):
     ("argv", "needle"),
     [
         (["nope"], "unknown"),
-        (["line", "swa={ckpt}/epoch_0002.pt:swa"], "holds no swa yet"),
-        (["line", "swa={ckpt}/epoch_0009.pt:swa"], "cannot read checkpoint"),
-        (["line", "sgd={ckpt}/last.pt:weights"], "unknown selector"),
+        (["line", "swa={epoch2}:swa"], "holds no swa yet"),
+        (["line", "swa={epoch9}:swa"], "cannot read checkpoint"),
+        (["line", "sgd={last}:weights"], "unknown selector"),
         (["line", "n_points=1"], "n_points"),
         (["line", "points_per_pass=0"], "points_per_pass"),
         (["line", "multipoint_mode=gpu"], "multipoint_mode"),
         (["rays", "no_such_key=1"], "no_such_key"),
         (["fge", "cycle_epochs=3"], "cycle_epochs"),
-        (["plane", "w0={ckpt}/epoch_0002.pt:model", "margin=abc"], "margin must be a number"),
+        (["plane", "w0={epoch2}:model", "margin=abc"], "margin must be a number"),
         (["trajectory", "margin=abc"], "margin must be a number, got 'abc'"),
         (["line", "t_max=abc"], "t_max must be a number, got 'abc'"),
         (["rays", "max_distance=abc"], "max_distance must be a number, got 'abc'"),
@@ -467,16 +469,17 @@ def test_cli_bad_run_dir_exits_2_with_one_line(tmp_path):
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line(run_dir, tmp_path, capsys, argv, needle):
-    ckpt = run_dir / "checkpoints"
+    paths = RunPaths(run_dir)
+    kept = {"epoch2": paths.kept(2), "epoch9": paths.kept(9), "last": paths.last}
     common = [
         f"run_dir={run_dir}",
         f"sgd_run={run_dir}",
-        f"sgd_solution={run_dir}/checkpoints/last.pt",
+        f"sgd_solution={paths.last}",
         f"swa_run={run_dir}",
         f"out_dir={tmp_path}",
         "device=cpu",
     ]
-    name, *overrides = (a.format(ckpt=ckpt) for a in argv)
+    name, *overrides = (a.format(**kept) for a in argv)
     args = [name, *(common if name != "nope" else []), *overrides]  # overrides win
     assert main(args) == EXIT_USER_ERROR
     assert needle in _one_error_line(capsys.readouterr().err)
@@ -492,7 +495,7 @@ def test_cli_line_writes_its_output(run_dir, tmp_path, capsys):
         "line",
         f"swa_run={run_dir}",
         f"sgd_run={run_dir}",
-        f"sgd_solution={run_dir}/checkpoints/last.pt",
+        f"sgd_solution={RunPaths(run_dir).last}",
         f"out_dir={tmp_path}",
         "n_points=2",
         "device=cpu",
@@ -504,4 +507,28 @@ def test_cli_line_writes_its_output(run_dir, tmp_path, capsys):
     saved = _load(out)
     assert saved["done"].all()
     settings = json.loads(str(saved["config"]))["settings"]
-    assert settings["sgd"] == f"{run_dir}/checkpoints/last.pt:model"
+    assert settings["sgd"] == f"{RunPaths(run_dir).last}:model"
+
+
+def test_missing_default_runs_name_the_command_that_trains_them(run_dir, tmp_path, capsys):
+    """The defaults read the set-up's Table 1 runs, then the figures' SGD solution: when one is
+    missing, the error says which command makes it."""
+    runs = tmp_path / "runs"
+    assert main(["line", f"runs={runs}", "device=cpu"]) == EXIT_USER_ERROR
+    swa_run = layout.run_dir(runs, "cifar100", "preresnet164", "swa", 0)
+    assert _one_error_line(capsys.readouterr().err) == (
+        f"error: {swa_run} does not exist; make it first: "
+        f"make reproduce-cifar100 MODELS=preresnet164 SEEDS=0 RUNS={runs}"
+    )
+    swa_run.parent.mkdir(parents=True)
+    swa_run.symlink_to(run_dir)  # the Table 1 SWA run exists now; the SGD solution does not
+    assert main(["line", f"runs={runs}", "device=cpu"]) == EXIT_USER_ERROR
+    solution = RunPaths(layout.run_dir(runs, "cifar100", "preresnet164", "sgd_from_epoch125", 0))
+    assert _one_error_line(capsys.readouterr().err) == (
+        f"error: {solution.last} does not exist; make it first: "
+        f"python -m swa_repro.figures --setup cifar100/preresnet164 --runs {runs} --seed 0"
+    )
+    assert main(["plane", f"runs={runs}", "setup=synthetic/small_cnn", "run_seed=3"]) == 2
+    assert _one_error_line(capsys.readouterr().err).endswith(
+        f"make it first: python -m swa_repro.figures --demo --runs {runs} --seed 3"
+    )

@@ -1,4 +1,4 @@
-"""SWA averaging (protocol section 3): which epochs are collected, and the equal-weight mean."""
+"""SWA averaging (docs/protocol.md, Averaging): which epochs are collected, and the equal-weight mean."""
 
 import pytest
 import torch

@@ -17,10 +17,12 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
+from swa_repro import layout
 from swa_repro.cli import EXIT_USER_ERROR
 from swa_repro.compose import compose_config
 from swa_repro.config_check import ConfigError, validate_config
 from swa_repro.data import load_data
+from swa_repro.layout import RunPaths
 
 FAST = ["epochs=2", "budget=2", "method.swa_start=1", "progress=false"]
 FAST_SYNTHETIC = ["data.train_size=256", "data.test_size=128", *FAST]
@@ -105,7 +107,7 @@ def test_cli_swa_start_that_never_collects_a_model(tmp_path):
 @pytest.mark.parametrize("damaged", ["summary.json", "config.yaml"])
 def test_cli_damaged_run_file_is_one_line_and_kept(tmp_path, damaged):
     """Relaunching a run whose summary.json or config.yaml is damaged names the file, changes nothing."""
-    run_dir = tmp_path / "synthetic/small_cnn/swa/seed0"
+    run_dir = layout.run_dir(tmp_path, "synthetic", "small_cnn", "swa", 0)
     run_dir.mkdir(parents=True)
     config = OmegaConf.to_yaml(_compose(*FAST_SYNTHETIC, f"paths.runs={tmp_path}"), resolve=True)
     files = {"config.yaml": config, "summary.json": '{"status": "finished"}\n'}
@@ -347,9 +349,11 @@ def test_a_failing_cell_does_not_stop_a_multirun(tmp_path):
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
     )  # fmt: skip
     assert "error: method.swa_start must lie in 1..epochs=2" in proc.stderr
-    failed = json.loads((runs / "synthetic/small_cnn/swa/seed0/failed.json").read_text())
+    failed = json.loads(
+        RunPaths(layout.run_dir(runs, "synthetic", "small_cnn", "swa", 0)).failed.read_text()
+    )
     assert failed["exit_code"] == 2 and "swa_start" in failed["error"]
-    assert (runs / "synthetic/small_cnn/sgd/seed0/summary.json").is_file()
+    assert RunPaths(layout.run_dir(runs, "synthetic", "small_cnn", "sgd", 0)).summary.is_file()
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""BN refresh (protocol section 4): exact sample-weighted batch statistics, exception safety."""
+"""BN refresh (docs/protocol.md, BN refresh): exact sample-weighted batch statistics, exception safety."""
 
 import pytest
 import torch

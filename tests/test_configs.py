@@ -1,4 +1,4 @@
-"""The Table 1 experiment configs compose and carry the protocol's numbers (protocol section 1).
+"""The Table 1 experiment configs compose and carry the protocol's numbers (docs/protocol.md, Recipes (Table 1)).
 
 The expected values are written out here as an independent table, not read from conf/.
 """

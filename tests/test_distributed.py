@@ -19,7 +19,9 @@ import pytest
 import torch
 
 from conftest import swa_of, write_image_folder
+from swa_repro import layout
 from swa_repro.checkpoint import load_checkpoint
+from swa_repro.layout import RunPaths
 
 REPO = Path(__file__).resolve().parent.parent
 HELPERS = REPO / "tests" / "helpers"
@@ -75,14 +77,14 @@ def test_two_processes_equal_one(tmp_path, imagenet_root, data):
         assert result.returncode == 0, result.stderr[-3000:]
         runs[processes] = run_dir(tmp_path / str(processes))
     assert "x 2 processes" in result.stdout
-    one, two = (load_checkpoint(runs[p] / "checkpoints" / "last.pt") for p in (1, 2))
+    one, two = (load_checkpoint(RunPaths(runs[p]).last) for p in (1, 2))
     assert int(swa_of(two)["n_averaged"]) == int(swa_of(one)["n_averaged"]) > 1
     for which in (lambda s: s["model"], swa_of):
         for name, value in which(one).items():
             torch.testing.assert_close(which(two)[name], value, rtol=1e-5, atol=1e-6)
     assert len(two["rng_ranks"]) == 2 and one["rng_ranks"] is None
     metrics = [
-        [json.loads(line) for line in (runs[p] / "metrics.jsonl").read_text().splitlines()]
+        [json.loads(line) for line in RunPaths(runs[p]).metrics.read_text().splitlines()]
         for p in (1, 2)
     ]
     assert [r["epoch"] for r in metrics[1]] == [r["epoch"] for r in metrics[0]]
@@ -136,14 +138,15 @@ def test_a_preempted_distributed_run_resumes_exactly(tmp_path):
     stopped = launch(2, [*overrides, f"paths.runs={runs}"], script=crash)
     assert stopped.returncode != 0
     assert "stopped by a stop signal to another rank at epoch 1 step 20" in stopped.stderr
-    assert (runs / "synthetic/small_cnn/swa/seed0/checkpoints/last.pt").is_file()
-    state = load_checkpoint(runs / "synthetic/small_cnn/swa/seed0/checkpoints/last.pt")
+    last = RunPaths(layout.run_dir(runs, "synthetic", "small_cnn", "swa", 0)).last
+    assert last.is_file()
+    state = load_checkpoint(last)
     assert (state["epoch"], state["step"]) == (0, 20) and len(state["rng_ranks"]) == 2
     resumed = launch(2, [*overrides, f"paths.runs={runs}"])
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resuming" in resumed.stdout
-    a = load_checkpoint(run_dir(tmp_path / "whole") / "checkpoints" / "last.pt")
-    b = load_checkpoint(run_dir(runs) / "checkpoints" / "last.pt")
+    a = load_checkpoint(RunPaths(run_dir(tmp_path / "whole")).last)
+    b = load_checkpoint(RunPaths(run_dir(runs)).last)
     for which in ("model", "collectors", "optimizer"):
         flat_a, flat_b = _tensors(a[which]), _tensors(b[which])
         assert len(flat_a) == len(flat_b) > 0
@@ -158,7 +161,7 @@ def test_an_error_on_one_rank_ends_every_rank_and_the_run_resumes(tmp_path):
     failed = launch(2, overrides, script=crash)  # 10 steps per epoch: fails in epoch 2
     assert failed.returncode != 0
     assert "error: rank 1: planted failure" in failed.stderr
-    last = tmp_path / "synthetic/small_cnn/swa/seed0/checkpoints/last.pt"
+    last = RunPaths(layout.run_dir(tmp_path, "synthetic", "small_cnn", "swa", 0)).last
     assert load_checkpoint(last)["epoch"] == 1
     resumed = launch(2, overrides)
     assert resumed.returncode == 0, resumed.stderr[-3000:]
@@ -174,8 +177,8 @@ def check_swa_bn_refresh(run: Path) -> None:
     from swa_repro.data import Normalizer, TrainStream, load_data
     from swa_repro.models import build_model
 
-    cfg = OmegaConf.load(run / "config.yaml")
-    state = load_checkpoint(run / "checkpoints" / "last.pt")
+    cfg = OmegaConf.load(RunPaths(run).config)
+    state = load_checkpoint(RunPaths(run).last)
     average = {k.removeprefix("module."): v for k, v in swa_of(state).items() if k != "n_averaged"}
     model = build_model(cfg.model.name, cfg.data.num_classes)
     model.load_state_dict(average)

@@ -23,6 +23,7 @@ from swa_repro.config_check import ConfigError
 from swa_repro.data import Normalizer, TrainStream, eval_batches
 from swa_repro.data.synthetic import make_synthetic
 from swa_repro.fast import Speed, flat_parameters
+from swa_repro.layout import RunPaths
 from swa_repro.metrics import evaluate
 from swa_repro.models import build_model
 from swa_repro.train import train
@@ -237,7 +238,7 @@ def test_train_with_fast_paths(tmp_path):
     summary = train(cfg, tmp_path / "run")
     assert summary["status"] == "finished"
     assert 0 <= summary["final"]["swa"]["acc"] <= 100
-    state = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    state = load_checkpoint(RunPaths(tmp_path / "run").last)
     assert set(state["model"]) == set(build_model("small_cnn", 10).state_dict())
     assert all(t.is_contiguous() for t in state["model"].values())
     assert OmegaConf.load(tmp_path / "run/config.yaml").speed.bf16 is True
@@ -249,5 +250,5 @@ def test_train_with_compile(tmp_path):
     cfg = _tiny_cfg("speed.compile=true", "epochs=1", "method=sgd")
     summary = train(cfg, tmp_path / "run")
     assert summary["status"] == "finished"
-    state = load_checkpoint(tmp_path / "run/checkpoints/last.pt")
+    state = load_checkpoint(RunPaths(tmp_path / "run").last)
     assert set(state["model"]) == set(build_model("small_cnn", 10).state_dict())

@@ -10,11 +10,12 @@ import sys
 import numpy as np
 import pytest
 from matplotlib.image import imread
-from omegaconf import OmegaConf
 
-from swa_repro import figures
+from swa_repro import figures, layout
 from swa_repro.compose import compose_config
 from swa_repro.config_check import ConfigError
+from swa_repro.layout import RunPaths
+from swa_repro.run_files import RunFiles
 
 TINY = "data.train_size=192 data.test_size=96 optim.batch_size=64"
 FIGURES = [
@@ -45,13 +46,10 @@ def test_figures_demo_end_to_end_and_idempotent(tmp_path):
         assert image.shape[0] > 200 and image.shape[1] > 200 and image.std() > 0.01, name
         assert str(png) in first.stdout
 
-    setup = runs / "synthetic" / "small_cnn"
     # the SGD solution of the figures continues the SWA run's last pre-averaging state (epoch 15)
-    continuation = json.loads(
-        (setup / "sgd_from_epoch15" / "seed0" / "metrics.jsonl").read_text().splitlines()[0]
-    )
-    assert continuation["epoch"] > 15
-    data = runs / "analyses" / "synthetic" / "small_cnn" / "seed0"
+    continuation = RunPaths(layout.run_dir(runs, "synthetic", "small_cnn", "sgd_from_epoch15", 0))
+    assert json.loads(continuation.metrics.read_text().splitlines()[0])["epoch"] > 15
+    data = layout.analyses_dir(runs, "synthetic/small_cnn", 0)
     with np.load(data / "plane.npz") as plane:
         assert plane["done"].all() and plane["test_err"].shape == (3, 3)
         assert list(plane["point_names"][:3]) == ["epoch 15", "SGD", "SWA"]
@@ -91,7 +89,7 @@ def test_continuations_inherit_the_runs_settings(tmp_path):
     ]  # fmt: skip
     run_dir = tmp_path / "sgd"
     run_dir.mkdir()
-    (run_dir / "config.yaml").write_text(OmegaConf.to_yaml(compose_config(trained), resolve=True))
+    RunFiles(run_dir).write_config(compose_config(trained))
     base = figures.continuation_base("synthetic/small_cnn_sgd", run_dir)
     assert base[0] == "experiment=synthetic/small_cnn_sgd"
     assert sorted(base[1:]) == sorted(
@@ -107,7 +105,7 @@ def test_continuations_inherit_the_runs_settings(tmp_path):
     assert (cfg.schedule.name, cfg.epochs, cfg.seed) == ("constant", 20, 0)
     assert cfg.data.note == "moved here/x"
 
-    (run_dir / "config.yaml").write_text("data: {train_size: [1, {a: 2}]}\n")
+    RunFiles(run_dir).config.write_text("data: {train_size: [1, {a: 2}]}\n")
     with pytest.raises(ConfigError, match="cannot reproduce the settings of"):
         figures.continuation_base("synthetic/small_cnn_sgd", run_dir)
 
@@ -116,7 +114,7 @@ def test_missing_runs_are_one_line_errors_with_the_command_that_trains_them(tmp_
     with pytest.raises(SystemExit) as info:
         figures.main(["--runs", str(tmp_path / "runs"), "--setup", "cifar100/vgg16", "--seed", "2"])
     assert info.value.code == 2
-    sgd_run = tmp_path / "runs" / "cifar100" / "vgg16" / "sgd" / "seed2"
+    sgd_run = layout.run_dir(tmp_path / "runs", "cifar100", "vgg16", "sgd", 2)
     assert capsys.readouterr().err.strip().splitlines() == [
         f"error: {sgd_run} is not a finished run; train it first: "
         f"make reproduce-cifar100 MODELS=vgg16 SEEDS=2 RUNS={tmp_path / 'runs'}"

@@ -29,8 +29,11 @@ from swa_repro.compose import compose_config
 from swa_repro.config_check import ConfigError, validate_config
 from swa_repro.data import DataError, open_data
 from swa_repro.data.imagenet import load_folders
+from swa_repro.layout import RunPaths
 from swa_repro.models import build_model, instantiate_model
+from swa_repro.run_files import RunFiles
 from swa_repro.schedule import CyclicSchedule, build_schedule
+from swa_repro.table_runs import TableRun
 from swa_repro.train import train
 
 REPO = Path(__file__).resolve().parent.parent
@@ -125,8 +128,8 @@ def test_swa_average_is_the_mean_of_the_cycle_end_weights(
     if not include_start:
         overrides.append("method.swa_include_start=false")
     summary = train(compose_config(overrides), run)
-    last = load_checkpoint(run / "checkpoints" / "last.pt")
-    ends = [load_checkpoint(run / "checkpoints" / f"epoch_{e:04d}.pt")["model"] for e in (1, 2, 3)]
+    last = load_checkpoint(RunPaths(run).last)
+    ends = [load_checkpoint(RunPaths(run).kept(e))["model"] for e in (1, 2, 3)]
     models = ([starts[0]] if include_start else []) + ends
     assert int(last["collectors"]["swa"]["n_averaged"]) == len(models) == 3 + include_start
     for name, _ in build_model("small_cnn", 4).named_parameters():
@@ -135,7 +138,7 @@ def test_swa_average_is_the_mean_of_the_cycle_end_weights(
         torch.testing.assert_close(swa, mean, rtol=1e-6, atol=1e-6)
         assert not torch.allclose(starts[0][name], ends[0][name])  # training moved the weights
     # the pretrained ("SGD") column is the model before any step; SWA read after 2 and 3 epochs
-    metrics = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in RunPaths(run).metrics.read_text().splitlines()]
     assert metrics[0]["epoch"] == 0 and "train_loss" not in metrics[0]
     assert summary["budgets"]["initial"] == {
         "epoch": 0, "model": "sgd", **{f"test_{k}": metrics[0][f"test_{k}"] for k in ("acc", "loss", "nll", "ece")},
@@ -358,12 +361,12 @@ def test_a_fresh_run_starts_from_pretrained_weights_a_resumed_one_from_its_check
     assert calls == [("resnet50", "IMAGENET1K_V1")]
     # a longer run started from the first one's checkpoint builds without weights
     seeded = tmp_path / "seeded"
-    last = run / "checkpoints" / "last.pt"
+    last = RunPaths(run).last
     train(compose_config([*overrides, "epochs=2", f"resume={last}"]), seeded)
     assert calls == [("resnet50", "IMAGENET1K_V1"), ("resnet50", None)]
     # its starting evaluation is of the checkpoint's weights (not of a fresh init)
-    start = json.loads((seeded / "metrics.jsonl").read_text().splitlines()[0])
-    end_of_first = json.loads((run / "metrics.jsonl").read_text().splitlines()[-1])
+    start = json.loads(RunPaths(seeded).metrics.read_text().splitlines()[0])
+    end_of_first = json.loads(RunPaths(run).metrics.read_text().splitlines()[-1])
     assert start["epoch"] == 1 and start["test_nll"] == end_of_first["test_nll"]
 
 
@@ -371,8 +374,8 @@ def test_a_fresh_run_starts_from_pretrained_weights_a_resumed_one_from_its_check
 
 
 def write_imagenet_run(runs: Path, model: str, seed: int, start: float, at5: float, at10: float):
-    run = runs / "imagenet" / model / "swa" / f"seed{seed}"
-    run.mkdir(parents=True)
+    """A finished run of the Table 2 cell's own config (swa_repro.table_runs), with these readings."""
+    run = TableRun.of(f"imagenet/{model}_swa", seed, runs)
     reading = lambda epoch, acc, which: {  # noqa: E731
         "epoch": epoch, "model": which, "test_acc": acc, "test_loss": 1.0, "test_nll": 1.0, "test_ece": 0.02,
     }  # fmt: skip
@@ -381,8 +384,9 @@ def write_imagenet_run(runs: Path, model: str, seed: int, start: float, at5: flo
         "final": {"sgd": {"acc": 0, "nll": 1, "ece": 0, "loss": 1}, "swa": {"acc": at10, "nll": 1, "ece": 0.02, "loss": 1}},
         "budgets": {"initial": reading(0, start, "sgd"), "5": reading(5, at5, "swa"), "10": reading(10, at10, "swa")},
     }  # fmt: skip
-    (run / "summary.json").write_text(json.dumps(summary))
-    (run / "config.yaml").write_text("epochs: 10\n")
+    files = RunFiles(run.run_dir)
+    files.write_config(run.cfg)
+    files.write_summary(summary)
 
 
 def test_table2_aggregation_beside_the_paper(tmp_path, capsys):

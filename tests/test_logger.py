@@ -10,6 +10,7 @@ import wandb
 
 from swa_repro.checkpoint import load_checkpoint
 from swa_repro.compose import compose_config
+from swa_repro.layout import RunPaths
 from swa_repro.logger import wandb_mode
 from swa_repro.train import train
 
@@ -75,7 +76,7 @@ def test_wandb_receives_config_metrics_and_budget_summary(tmp_path, fake_wandb):
     assert kwargs["name"] == "synthetic-small_cnn-swa-seed0"
     assert kwargs["mode"] == "offline" and kwargs["resume"] == "allow"
     assert kwargs["config"]["method"]["swa_start"] == 2 and kwargs["config"]["epochs"] == 3
-    metrics = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    metrics = [json.loads(line) for line in RunPaths(tmp_path).metrics.read_text().splitlines()]
     assert [step for _, step in run.logged] == [m["epoch"] for m in metrics] == [1, 2, 3]
     assert [record for record, _ in run.logged] == metrics
     for label, reading in summary["budgets"].items():
@@ -83,7 +84,7 @@ def test_wandb_receives_config_metrics_and_budget_summary(tmp_path, fake_wandb):
     assert isinstance(run.image_logs[-1]["convergence"], wandb.Image)
     assert (tmp_path / "convergence.png").stat().st_size > 0
     assert run.finished
-    assert load_checkpoint(tmp_path / "checkpoints" / "last.pt")["logger_run_id"] == kwargs["id"]
+    assert load_checkpoint(RunPaths(tmp_path).last)["logger_run_id"] == kwargs["id"]
 
 
 def test_failing_wandb_init_does_not_stop_training(tmp_path, monkeypatch, capsys):
@@ -108,7 +109,7 @@ def test_wandb_losing_its_connection_mid_run_does_not_stop_training(tmp_path, fa
         1
     ]  # logging stopped at the failure, training did not
     assert "lost connection to W&B" in capsys.readouterr().out
-    assert len((tmp_path / "metrics.jsonl").read_text().splitlines()) == 3  # local log complete
+    assert len(RunPaths(tmp_path).metrics.read_text().splitlines()) == 3  # local log complete
 
 
 def test_resumed_run_continues_the_same_wandb_run(tmp_path, fake_wandb, monkeypatch):
@@ -134,7 +135,7 @@ def test_resumed_run_continues_the_same_wandb_run(tmp_path, fake_wandb, monkeypa
 def test_real_offline_run_writes_its_files_under_the_run_directory(tmp_path):
     summary = train(compose_cfg("logger.mode=offline"), tmp_path)
     assert summary["status"] == "finished"
-    run_id = load_checkpoint(tmp_path / "checkpoints" / "last.pt")["logger_run_id"]
+    run_id = load_checkpoint(RunPaths(tmp_path).last)["logger_run_id"]
     (run_file,) = (tmp_path / "wandb").glob(f"offline-run-*-{run_id}/run-{run_id}.wandb")
     assert run_file.stat().st_size > 0
 

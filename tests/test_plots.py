@@ -25,6 +25,7 @@ import plane  # noqa: E402
 import rays  # noqa: E402
 import trajectory  # noqa: E402
 from plot_common import load, title  # noqa: E402
+from swa_repro.layout import RunPaths  # noqa: E402
 
 METRICS = ("train_loss", "train_nll", "train_err", "test_loss", "test_nll", "test_err")
 CONFIG = {"model": "PreResNet164", "data": "synthetic", "synthetic": True}
@@ -234,9 +235,10 @@ def bad_inputs(tmp_path_factory, inputs) -> dict[str, Path]:
     d = tmp_path_factory.mktemp("bad")
     (d / "truncated.npz").write_bytes(inputs["line"].read_bytes()[:200])
     (d / "text.npz").write_text("not an archive\n")
-    (d / "run").mkdir()
-    (d / "run" / "metrics.jsonl").write_text('{"epoch": 1, "test_acc": 5.0}\n')
-    (d / "run" / "summary.json").write_text('{"method": "sgd", "lr_cu')
+    run = RunPaths(d / "run")
+    run.root.mkdir()
+    run.metrics.write_text('{"epoch": 1, "test_acc": 5.0}\n')
+    run.summary.write_text('{"method": "sgd", "lr_cu')  # cut short
     return {"missing": d / "missing.npz", **inputs, **{p.stem: p for p in d.iterdir()}}
 
 

@@ -38,13 +38,15 @@ from omegaconf import OmegaConf
 import swa_repro.loop
 import swa_repro.train
 from conftest import swa_of
+from swa_repro import layout
 from swa_repro.checkpoint import MAGIC, CheckpointError, load_checkpoint
 from swa_repro.compose import compose_config
 from swa_repro.config_check import ConfigError
+from swa_repro.layout import RunPaths
 from swa_repro.run_files import check_same_config
 
 CRASH_RUN = Path(__file__).resolve().parent / "helpers" / "crash_run.py"
-RUN_REL = Path("synthetic/small_cnn/swa/seed0")  # `name` of conf/config.yaml for these overrides
+RUN_REL = Path(layout.run_name("synthetic", "small_cnn", "swa", 0))  # the `name` of these overrides
 STEPS_PER_EPOCH = 4
 EPOCHS = 4
 TIMEOUT_S = 120
@@ -103,7 +105,7 @@ def relaunch_until_finished(runs: Path, max_launches: int = 3) -> list[subproces
         proc = run_cli(runs)
         done.append(proc)
         assert proc.returncode == 0, report(proc)
-        if (runs / RUN_REL / "summary.json").is_file():
+        if RunPaths(runs / RUN_REL).summary.is_file():
             return done
     raise AssertionError("run did not finish")
 
@@ -117,11 +119,11 @@ def error_lines(stderr: str) -> list[str]:
 
 
 def ckpt(run_dir: Path, name: str = "last.pt") -> dict:
-    return load_checkpoint(run_dir / "checkpoints" / name)
+    return load_checkpoint(RunPaths(run_dir).checkpoints / name)
 
 
 def metrics_without_time(run_dir: Path) -> list[dict]:
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    records = [json.loads(line) for line in RunPaths(run_dir).metrics.read_text().splitlines()]
     for record in records:
         record.pop("time_s")
     return records
@@ -156,19 +158,19 @@ def assert_same_as_reference(run_dir: Path, reference: Path) -> None:
     assert_bitwise_equal(swa_of(got), swa_of(want), "swa")
     assert metrics_without_time(run_dir) == metrics_without_time(reference)
     summary, ref_summary = (
-        json.loads((d / "summary.json").read_text()) for d in (run_dir, reference)
+        json.loads(RunPaths(d).summary.read_text()) for d in (run_dir, reference)
     )
     summary.pop("wall_time_s"), ref_summary.pop("wall_time_s")
     assert summary == ref_summary
-    kept = sorted(p.name for p in (run_dir / "checkpoints").glob("epoch_*.pt"))
-    assert kept == sorted(p.name for p in (reference / "checkpoints").glob("epoch_*.pt"))
+    kept = sorted(p.name for p in RunPaths(run_dir).checkpoints.glob("epoch_*.pt"))
+    assert kept == sorted(p.name for p in RunPaths(reference).checkpoints.glob("epoch_*.pt"))
 
 
 def copy_reference(reference: Path, runs: Path, finished: bool = False) -> Path:
     run_dir = runs / RUN_REL
     shutil.copytree(reference, run_dir)
     if not finished:
-        (run_dir / "summary.json").unlink()  # as if killed just before the summary was written
+        RunPaths(run_dir).summary.unlink()  # as if killed just before the summary was written
     return run_dir
 
 
@@ -201,7 +203,7 @@ def check_killed_in_bn_refresh(run_dir: Path) -> None:
 
 
 def check_killed_in_write(run_dir: Path) -> None:
-    folder = run_dir / "checkpoints"
+    folder = RunPaths(run_dir).checkpoints
     # 5: the previous checkpoint is intact and loadable right after the crash
     state = load_checkpoint(folder / "last.pt")
     assert state["epoch"] == 2
@@ -211,14 +213,14 @@ def check_killed_in_write(run_dir: Path) -> None:
 
 
 def check_killed_between_renames(run_dir: Path) -> None:
-    folder = run_dir / "checkpoints"
+    folder = RunPaths(run_dir).checkpoints
     assert not (folder / "last.pt").exists()
     assert ckpt(run_dir, "last.prev.pt")["epoch"] == 1
     assert ckpt(run_dir, "next.pt")["epoch"] == 2
 
 
 def check_killed_in_kept_write(run_dir: Path) -> None:
-    folder = run_dir / "checkpoints"
+    folder = RunPaths(run_dir).checkpoints
     assert ckpt(run_dir)["epoch"] == 2  # the kept file comes first: epoch 3 is redone, then kept
     assert not (folder / "epoch_0003.pt").exists()
     assert len(list(folder.glob(".epoch_0003.pt.tmp*"))) == 1
@@ -239,7 +241,7 @@ def test_sigkill_and_relaunch_is_bitwise_identical(tmp_path, reference, point, c
     killed = run_cli(runs, driver=[point, "kill"])
     assert killed.returncode == -signal.SIGKILL, report(killed)
     run_dir = runs / RUN_REL
-    assert not (run_dir / "summary.json").exists()
+    assert not RunPaths(run_dir).summary.exists()
     check(run_dir)
 
     launches = relaunch_until_finished(runs)
@@ -308,7 +310,7 @@ def test_stop_signal_checkpoints_exits_75_and_resumes(
     run_dir = runs / RUN_REL
     state = ckpt(run_dir)
     assert (state["epoch"], state["step"]) == saved_at
-    assert not (run_dir / "summary.json").exists()
+    assert not RunPaths(run_dir).summary.exists()
 
     launches = relaunch_until_finished(runs)
     assert len(launches) == 1 and "resuming" in launches[0].stdout
@@ -356,10 +358,10 @@ def flip_middle_byte(path: Path) -> None:
 def test_damaged_last_falls_back_to_previous(tmp_path, reference, damage, what):
     runs = tmp_path / "runs"
     run_dir = copy_reference(reference, runs)
-    last = run_dir / "checkpoints" / "last.pt"
+    last = RunPaths(run_dir).last
     damage(last)
     damaged_bytes = last.read_bytes()
-    assert damaged_bytes != (reference / "checkpoints" / "last.pt").read_bytes()
+    assert damaged_bytes != RunPaths(reference).last.read_bytes()
     with pytest.raises(CheckpointError, match=what):
         load_checkpoint(last)
 
@@ -368,9 +370,9 @@ def test_damaged_last_falls_back_to_previous(tmp_path, reference, damage, what):
     warnings = [line for line in proc.stdout.splitlines() if "warning" in line.lower()]
     assert len(warnings) == 1 and str(last) in warnings[0], report(proc)
     assert "last.prev.pt" in proc.stdout  # resumed from the fallback
-    corrupt = run_dir / "checkpoints" / "last.pt.corrupt"
+    corrupt = RunPaths(run_dir).checkpoints / "last.pt.corrupt"
     assert corrupt.read_bytes() == damaged_bytes  # kept aside, untouched
-    assert sorted(p.name for p in (run_dir / "checkpoints").glob("*.corrupt*")) == [
+    assert sorted(p.name for p in RunPaths(run_dir).checkpoints.glob("*.corrupt*")) == [
         "last.pt.corrupt"
     ]
     assert_same_as_reference(run_dir, reference)
@@ -421,7 +423,7 @@ def test_malicious_checkpoint_via_cli(tmp_path):
 def test_all_checkpoints_damaged_exits_2_and_deletes_nothing(tmp_path, reference):
     runs = tmp_path / "runs"
     run_dir = copy_reference(reference, runs)
-    folder = run_dir / "checkpoints"
+    folder = RunPaths(run_dir).checkpoints
     names = sorted(p.name for p in folder.glob("*.pt"))
     assert {"last.pt", "last.prev.pt", "epoch_0003.pt", "epoch_0004.pt"} <= set(names)
     for name in names:
@@ -478,7 +480,7 @@ def test_nan_loss_raises_naming_epoch_and_step(
     state = ckpt(run_dir)
     assert (state["epoch"], state["step"]) == (1, 0)
     assert all(torch.isfinite(t).all() for t in state["model"].values() if t.is_floating_point())
-    assert not (run_dir / "summary.json").exists()
+    assert not RunPaths(run_dir).summary.exists()
 
 
 def test_diverging_run_exits_3(tmp_path):
@@ -541,7 +543,9 @@ def test_demo_reports_divergence_as_train_does(tmp_path):
     assert proc.returncode == 3, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: loss is nan"), proc.stderr[-2000:]
-    failed = json.loads((runs / "synthetic/small_cnn/sgd/seed0/failed.json").read_text())
+    failed = json.loads(
+        RunPaths(layout.run_dir(runs, "synthetic", "small_cnn", "sgd", 0)).failed.read_text()
+    )
     assert failed["exit_code"] == 3 and "loss is nan" in failed["error"]
     assert not (runs / "synthetic/small_cnn/swa").exists()  # the demo stopped at the failing run
 

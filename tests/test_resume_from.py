@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from conftest import swa_of
 from swa_repro.checkpoint import load_checkpoint
 from swa_repro.compose import compose_config
+from swa_repro.layout import RunPaths
 from swa_repro.train import train
 
 TINY = [
@@ -29,7 +30,7 @@ def source_checkpoint(tmp_path_factory):
     """An SGD run of 2 epochs with its epoch-2 state kept."""
     root = tmp_path_factory.mktemp("source")
     train(compose_cfg("method=sgd", "epochs=2", "budget=2"), root)
-    return root / "checkpoints" / "epoch_0002.pt"
+    return RunPaths(root).kept(2)
 
 
 # SWA with a constant LR from the source's epoch-2 state: epochs 3..5, averaging from epoch 3.
@@ -65,8 +66,8 @@ def test_relaunch_continues_the_seeded_runs_own_checkpoint(
     monkeypatch.setattr(F, "cross_entropy", real)
     capsys.readouterr()
     train(compose_cfg(*SEEDED, f"resume={source_checkpoint}"), run)  # the same command again
-    assert f"at epoch 5 from {run / 'checkpoints' / 'last.pt'}" in capsys.readouterr().out
-    ours, ref = (load_checkpoint(d / "checkpoints" / "last.pt") for d in (run, reference))
+    assert f"at epoch 5 from {RunPaths(run).last}" in capsys.readouterr().out
+    ours, ref = (load_checkpoint(RunPaths(d).last) for d in (run, reference))
     for part in (lambda s: s["model"], swa_of):
         assert all(torch.equal(part(ours)[k], part(ref)[k]) for k in part(ref))
 
@@ -74,19 +75,19 @@ def test_relaunch_continues_the_seeded_runs_own_checkpoint(
 def summary_metrics(run_dir):
     import json
 
-    return [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [json.loads(line) for line in RunPaths(run_dir).metrics.read_text().splitlines()]
 
 
 def test_keep_every_keeps_a_trajectory(tmp_path):
     train(compose_cfg("method=sgd", "epochs=4", "budget=4", "checkpoint.keep_every=2"), tmp_path)
-    kept = sorted(p.name for p in (tmp_path / "checkpoints").glob("epoch_*.pt"))
+    kept = sorted(p.name for p in RunPaths(tmp_path).checkpoints.glob("epoch_*.pt"))
     assert kept == ["epoch_0002.pt", "epoch_0004.pt"]
-    assert load_checkpoint(tmp_path / "checkpoints" / "epoch_0002.pt")["epoch"] == 2
+    assert load_checkpoint(RunPaths(tmp_path).kept(2))["epoch"] == 2
 
 
 def test_a_kept_first_epoch_is_written(tmp_path):
     train(compose_cfg("method=sgd", "epochs=2", "budget=2", "checkpoint.keep_epochs=[1]"), tmp_path)
-    assert load_checkpoint(tmp_path / "checkpoints" / "epoch_0001.pt")["epoch"] == 1
+    assert load_checkpoint(RunPaths(tmp_path).kept(1))["epoch"] == 1
 
 
 def test_a_checkpoint_of_another_model_cannot_seed_a_run(tmp_path, source_checkpoint):

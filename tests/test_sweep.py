@@ -24,6 +24,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from swa_repro import layout
+from swa_repro import sweep as swa_sweep
+from swa_repro.compose import compose_config
+from swa_repro.layout import RunPaths
+from swa_repro.train import train
+
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "data.train_size=256",
@@ -66,11 +72,11 @@ def sweep_command(root: Path, runs: Path) -> list[str]:
 
 
 def run_dir(runs: Path, method: str, seed: int) -> Path:
-    return runs / "synthetic" / "small_cnn" / method / f"seed{seed}"
+    return layout.run_dir(runs, "synthetic", "small_cnn", method, seed)
 
 
 def summary(runs: Path, method: str, seed: int) -> dict:
-    return json.loads((run_dir(runs, method, seed) / "summary.json").read_text())
+    return json.loads(RunPaths(run_dir(runs, method, seed)).summary.read_text())
 
 
 def snapshot(runs: Path) -> dict[str, tuple[bytes, int]]:
@@ -78,8 +84,8 @@ def snapshot(runs: Path) -> dict[str, tuple[bytes, int]]:
     out = {}
     for method in METHODS:
         for seed in SEEDS:
-            d = run_dir(runs, method, seed)
-            for path in [d / "summary.json", *sorted((d / "checkpoints").iterdir())]:
+            d = RunPaths(run_dir(runs, method, seed))
+            for path in [d.summary, *sorted(d.checkpoints.iterdir())]:
                 out[str(path.relative_to(runs))] = (path.read_bytes(), path.stat().st_mtime_ns)
     return out
 
@@ -118,10 +124,8 @@ def test_sweep_runs_all_and_aggregates(sweep):
     assert proc.returncode == 0, proc.output[-4000:]
     assert "4 of 4 runs left" in proc.stdout
     assert "swa_repro.train -m" in proc.stdout
-    found = sorted(p.relative_to(runs) for p in runs.glob("*/*/*/*/summary.json"))
-    expected = sorted(
-        run_dir(runs, m, s).relative_to(runs) / "summary.json" for m in METHODS for s in SEEDS
-    )
+    found = sorted(runs.glob("*/*/*/*/summary.json"))
+    expected = sorted(RunPaths(run_dir(runs, m, s)).summary for m in METHODS for s in SEEDS)
     assert found == expected
 
     for method in METHODS:
@@ -200,19 +204,19 @@ def test_sweep_resumes_the_one_unfinished_run(sweep, tmp_path):
     shutil.copytree(sweep["runs"], runs)
     (tmp_path / "README.md").write_text(README_TEXT)
     target = run_dir(runs, "swa", 1)
-    original = json.loads((target / "summary.json").read_text())
-    original_metrics = (target / "metrics.jsonl").read_text().splitlines()
+    files = RunPaths(target)
+    original = json.loads(files.summary.read_text())
+    original_metrics = files.metrics.read_text().splitlines()
     # Back to the state after epoch 20 (the 1-budget checkpoint): no summary, no last.pt,
     # last.prev.pt = epoch 20. metrics.jsonl still shows epoch 30, as after a crash.
-    ckpts = target / "checkpoints"
-    (target / "summary.json").unlink()
-    (ckpts / "last.pt").unlink()
-    shutil.copy2(ckpts / "epoch_0020.pt", ckpts / "last.prev.pt")
+    files.summary.unlink()
+    files.last.unlink()
+    shutil.copy2(files.kept(20), files.previous)
     others = {(m, s): run_dir(runs, m, s) for m in METHODS for s in SEEDS if (m, s) != ("swa", 1)}
     before = {
         p: p.read_bytes()
         for d in others.values()
-        for p in [d / "summary.json", *(d / "checkpoints").iterdir()]
+        for p in [RunPaths(d).summary, *RunPaths(d).checkpoints.iterdir()]
     }
 
     proc = run(sweep_command(tmp_path, runs), cwd=tmp_path)
@@ -223,14 +227,16 @@ def test_sweep_resumes_the_one_unfinished_run(sweep, tmp_path):
     assert set(states.values()) == {"finished"}
     assert "1 of 4 runs left" in proc.stdout
     assert "swa_repro.train -m" in proc.stdout
-    assert f"resuming {target} at epoch 21 from {ckpts / 'last.prev.pt'}" in proc.stdout
+    assert f"resuming {target} at epoch 21 from {files.previous}" in proc.stdout
     assert proc.stdout.count("resuming ") == 1
-    assert proc.stdout.count("already finished, nothing to do") == 3
+    # the multirun covers what is left only: the finished runs are not even looked at
+    assert "experiment=synthetic/small_cnn_swa seed=1 " in proc.stdout
+    assert "already finished, nothing to do" not in proc.stdout
 
-    resumed = json.loads((target / "summary.json").read_text())
+    resumed = json.loads(files.summary.read_text())
     assert without_times(resumed) == without_times(original)  # exact resume: bitwise equal
     assert resumed["budgets"]["1.5"]["test_acc"] == original["budgets"]["1.5"]["test_acc"]
-    metrics = (target / "metrics.jsonl").read_text().splitlines()
+    metrics = files.metrics.read_text().splitlines()
     assert [without_times(json.loads(x)) for x in metrics] == [
         without_times(json.loads(x)) for x in original_metrics
     ]
@@ -248,9 +254,80 @@ def test_a_sweep_whose_runs_fail_exits_nonzero(tmp_path):
     assert proc.output.count("error: optim.lr_init must be a positive number") == 2 * len(SEEDS)
     for method in METHODS:
         for seed in SEEDS:
-            assert f"not finished: synthetic/small_cnn_{method} seed {seed} (failed)" in proc.stdout
+            assert (
+                f"not finished: synthetic/small_cnn_{method} seed {seed} (failed: optim.lr_init "
+                "must be a positive number"
+            ) in proc.stdout
     assert f"{2 * len(SEEDS)} of {2 * len(SEEDS)} runs not finished" in proc.stdout
     assert (tmp_path / "results" / "table1_synthetic.md").is_file()  # still aggregated
+
+
+def test_a_plain_multirun_with_a_failing_cell_exits_1_naming_it(tmp_path):
+    """`python -m swa_repro.train -m` goes on past a failing cell (the SGD cell finishes) and
+    then exits 1, naming the failed cell with its error (swa_repro.multirun)."""
+    runs = tmp_path / "runs"
+    proc = run(
+        [
+            sys.executable,
+            "-m",
+            "swa_repro.train",
+            "-m",
+            "experiment=synthetic/small_cnn_sgd,synthetic/small_cnn_swa",
+            *TINY,
+            "epochs=2",
+            "budget=2",
+            "checkpoint.keep_epochs=[]",
+            "method.swa_start=3",
+            f"paths.runs={runs}",
+        ],  # fmt: skip
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 1, proc.output[-3000:]
+    assert RunPaths(run_dir(runs, "sgd", 0)).summary.is_file()
+    failed = [line for line in proc.stderr.splitlines() if line.startswith("not finished: ")]
+    assert len(failed) == 1 and "experiment=synthetic/small_cnn_swa" in failed[0], proc.stderr
+    assert failed[0].endswith(
+        f"(failed: method.swa_start must lie in 1..epochs=2, got 3) in {run_dir(runs, 'swa', 0)}"
+    )
+    assert proc.stderr.strip().splitlines()[-1].startswith("error: 1 cell(s) of the multirun")
+
+
+def test_a_hand_run_in_a_sweep_cell_is_named_and_the_sweep_exits_1(
+    sweep, tmp_path, capsys, monkeypatch
+):
+    """A run trained by hand with overrides sits in a finished sweep's cell directory (it has
+    the same name): the sweep names it with the keys that differ, launches nothing (it would
+    be refused), leaves it as it is, counts only the cell's own runs, and exits 1."""
+    assert sweep["proc"].returncode == 0, sweep["proc"].output[-4000:]
+    runs = tmp_path / "runs"
+    shutil.copytree(sweep["runs"], runs)
+    (tmp_path / "README.md").write_text(README_TEXT)
+    cell = run_dir(runs, "swa", 0)
+    shutil.rmtree(cell)
+    hand = ["experiment=synthetic/small_cnn_swa", *TINY, "epochs=4", "method.swa_start=3"]
+    hand = compose_config([*hand, "checkpoint.keep_epochs=[]", f"paths.runs={runs}", "seed=0"])
+    assert Path(hand.paths.runs) / hand.name == cell
+    train(hand, cell)
+    before = {p: p.read_bytes() for p in cell.rglob("*") if p.is_file()}
+
+    def no_launch(*args, **kwargs):
+        raise AssertionError("the sweep launched training")
+
+    monkeypatch.setattr(swa_sweep.subprocess, "run", no_launch)
+    with pytest.raises(SystemExit) as info:
+        swa_sweep.main(sweep_command(tmp_path, runs)[3:])
+    assert info.value.code == 1
+    out = capsys.readouterr().out
+    differs = "holds a run of another config (differs in: epochs, method.swa_start)"
+    assert plan_states(out)[("synthetic/small_cnn_swa", 0)] == "other config"
+    assert f"  synthetic/small_cnn_swa seed 0: {cell} {differs}" in out
+    assert f"not finished: synthetic/small_cnn_swa seed 0 ({differs}) in {cell}" in out
+    assert "1 of 4 runs not finished" in out
+    assert {p: p.read_bytes() for p in cell.rglob("*") if p.is_file()} == before
+    with open(tmp_path / "results" / "table1_synthetic.csv", newline="") as f:
+        rows = {r["column"]: r for r in csv.DictReader(f)}
+    assert rows["SGD"]["n"] == "2" and rows["SWA 1 budget"]["n"] == "1"
+    assert rows["SWA 1 budget"]["pending"] == f"seed 0: {cell} {differs}"
 
 
 def test_submitit_local_launcher(sweep, tmp_path):

@@ -10,7 +10,9 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from swa_repro import layout
 from swa_repro.compose import compose_config
+from swa_repro.layout import RunPaths
 from swa_repro.train import train
 
 SWA_OVERRIDES = [
@@ -73,12 +75,12 @@ def _compose(*overrides: str):
 
 
 def _read_metrics(run_dir: Path) -> list[dict]:
-    lines = (run_dir / "metrics.jsonl").read_text().splitlines()
+    lines = RunPaths(run_dir).metrics.read_text().splitlines()
     return [json.loads(line) for line in lines]
 
 
 def _paper_lr(epoch: int, lr_init: float, horizon: float, ratio: float) -> float:
-    """Protocol section 2, written out independently of swa_repro.schedule."""
+    """docs/protocol.md, Schedule, written out independently of swa_repro.schedule."""
     t = epoch / horizon
     if t <= 0.5:
         return lr_init
@@ -102,7 +104,7 @@ def _check_plausible(record: dict, prefix: str) -> None:
 def swa_run(tmp_path_factory):
     runs = tmp_path_factory.mktemp("runs_swa")
     proc = _run_cli(runs, SWA_OVERRIDES)
-    return proc, runs, runs / "synthetic" / "small_cnn" / "swa" / "seed0"
+    return proc, runs, layout.run_dir(runs, "synthetic", "small_cnn", "swa", 0)
 
 
 def test_swa_cli_exits_zero_and_labels_synthetic(swa_run):
@@ -115,9 +117,9 @@ def test_swa_cli_exits_zero_and_labels_synthetic(swa_run):
 def test_swa_cli_config_yaml_is_resolved_with_overrides(swa_run):
     proc, runs, run_dir = swa_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    text = (run_dir / "config.yaml").read_text()
+    text = RunPaths(run_dir).config.read_text()
     assert "${" not in text
-    cfg = OmegaConf.load(run_dir / "config.yaml")
+    cfg = OmegaConf.load(RunPaths(run_dir).config)
     assert cfg.data.name == "synthetic"
     assert cfg.data.train_size == 512 and cfg.data.test_size == 256
     assert cfg.epochs == 6 and cfg.budget == 4
@@ -156,7 +158,7 @@ def test_swa_cli_metrics_lines(swa_run):
 def test_swa_cli_summary(swa_run):
     proc, _, run_dir = swa_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    summary = json.loads((run_dir / "summary.json").read_text())
+    summary = json.loads(RunPaths(run_dir).summary.read_text())
     metrics = _read_metrics(run_dir)
     last = metrics[-1]
     by_epoch = {m["epoch"]: m for m in metrics}
@@ -190,7 +192,7 @@ def test_swa_cli_summary(swa_run):
 def test_swa_cli_checkpoints(swa_run):
     proc, _, run_dir = swa_run
     assert proc.returncode == 0, proc.stderr[-3000:]
-    ckpt = run_dir / "checkpoints"
+    ckpt = RunPaths(run_dir).checkpoints
     assert (ckpt / "last.pt").is_file()
     kept = sorted(p.name for p in ckpt.glob("epoch_*.pt"))
     assert kept == ["epoch_0004.pt", "epoch_0005.pt", "epoch_0006.pt"]
@@ -202,8 +204,8 @@ def test_swa_cli_checkpoints(swa_run):
 def test_sgd_cli_run(tmp_path):
     proc = _run_cli(tmp_path, SGD_OVERRIDES)
     assert proc.returncode == 0, proc.stderr[-3000:]
-    run_dir = tmp_path / "synthetic" / "small_cnn" / "sgd" / "seed0"
-    summary = json.loads((run_dir / "summary.json").read_text())
+    run_dir = layout.run_dir(tmp_path, "synthetic", "small_cnn", "sgd", 0)
+    summary = json.loads(RunPaths(run_dir).summary.read_text())
     metrics = _read_metrics(run_dir)
     assert [m["epoch"] for m in metrics] == [1, 2, 4]
     assert not any(key in m for m in metrics for key in SWA_KEYS)
@@ -217,8 +219,8 @@ def test_sgd_cli_run(tmp_path):
     assert summary["lr_curve"] == pytest.approx(
         [_paper_lr(e, 0.1, 4.0, 0.01) for e in range(4)], rel=1e-12
     )
-    assert (run_dir / "checkpoints" / "last.pt").is_file()
-    assert (run_dir / "checkpoints" / "epoch_0004.pt").is_file()
+    assert RunPaths(run_dir).last.is_file()
+    assert RunPaths(run_dir).kept(4).is_file()
 
 
 # --------------------------------------------------------------------------- in-process runs

@@ -4,13 +4,19 @@
     python -m swa_repro.aggregate fixed_lr --dataset cifar100
     python -m swa_repro.aggregate table2 --dataset imagenet
 
-Reads runs/<dataset>/<model>/<method>/seed<k>/summary.json and writes
-experiments/results/<table>_<dataset>.md and .csv (table2.md / .csv for ImageNet). Each cell: mean +- std over seeds
-(sample std, ddof=1) with n, the paper's value, the difference, and "!" where
-|difference| > 2 sqrt(std_ours^2 + std_paper^2), a missing std counting as 0 (no mark when
-neither std is known: one seed against a value published without spread). Runs not
-finished show as "running (epoch e/E)" (or interrupted), "failed" (failed.json) or "missing",
-never as numbers.
+Rows: the models the data set's experiment configs define for the table (or --models).
+Reads the summary.json of each cell's runs (swa_repro.table_runs: the experiment's run
+directory under --runs, the runs' config = the experiment's + --extra) and writes
+<table>_<dataset>.md and .csv (table2.md / .csv for ImageNet) into --out, by default
+experiments/results/ (RESULTS_DIR: the one results folder of aggregate, the sweeps and their
+make targets). Each cell: mean +- std over seeds (sample std, ddof=1) with n, the paper's
+value, the difference, and "!" where |difference| > 2 sqrt(std_ours^2 + std_paper^2), a
+missing std counting as 0 (no mark when neither std is known: one seed against a value
+published without spread). Runs not included are listed under the table with their cause:
+"running (epoch e/E)" (or interrupted), "failed" (with failed.json's error), "missing", a
+reading the run lacks, or a directory holding a run of another config (with the keys that
+differ) - never as numbers. The last makes the command exit 1 after writing the table: a
+table must not look complete while a cell's directory holds some other run.
 """
 
 from __future__ import annotations
@@ -20,20 +26,23 @@ import csv
 import io
 import math
 import re
+import shlex
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from swa_repro import REPO_ROOT, run_files
+from swa_repro import REPO_ROOT
 from swa_repro.cli import check_output_folder, one_line_errors, parse_seeds, read_json, read_yaml
 from swa_repro.config_check import ConfigError
-from swa_repro.run_files import RunFiles, write_text_atomic
+from swa_repro.layout import RunPaths
+from swa_repro.run_files import RunStatus, write_text_atomic
+from swa_repro.table_runs import TableRun, check_models, experiment_name, table_models
 
 PAPER_FILE = REPO_ROOT / "experiments" / "paper_results.yaml"
-TABLE1_MODELS = ("vgg16", "preresnet110", "preresnet164", "wrn28x10")
-TABLE2_MODELS = ("resnet50", "resnet152", "densenet161")
-DEFAULT_MODELS = {"table1": TABLE1_MODELS, "fixed_lr": ("wrn28x10",), "table2": TABLE2_MODELS}
+RESULTS_DIR = REPO_ROOT / "experiments" / "results"  # tables of aggregate and the sweeps
+EXIT_OTHER_CONFIG = 1  # a cell's run directory holds a run of another config
 TITLES = {"table1": "Table 1", "fixed_lr": "Fixed learning rate (section 4.4)", "table2": "Table 2"}
 SINGLE_DATASET = {"table2": "imagenet"}  # tables of one data set are named without it
 
@@ -46,7 +55,7 @@ def result_name(table: str, dataset: str) -> str:
 @dataclass(frozen=True)
 class Column:
     label: str  # as printed
-    method: str  # run directory name of the method
+    method: str  # the experiment's method: sgd or swa
     paper_key: str  # key in paper_results.yaml
     reading: str  # "final_sgd", "final_swa", "initial" or a budget label ("1", "1.25", "1.5") of the SWA model
 
@@ -59,8 +68,8 @@ TABLES = {
         Column("SWA 1.5 budgets", "swa", "swa_1.5", "1.5"),
     ],
     "fixed_lr": [
-        Column("SGD, fixed LR", "sgd_fixed_lr", "sgd", "final_sgd"),
-        Column("SWA, fixed LR", "swa_fixed_lr", "swa", "final_swa"),
+        Column("SGD, fixed LR", "sgd", "sgd", "final_sgd"),
+        Column("SWA, fixed LR", "swa", "swa", "final_swa"),
     ],
     # ImageNet: the SGD column is the pretrained model, evaluated at the start of the SWA run.
     "table2": [
@@ -77,6 +86,7 @@ class Cell:
     pending: list[str]  # "seed 1: running (epoch 40/300)", "seed 2: missing"
     paper: tuple[float, float | None] | None
     fast_paths: set[str] = field(default_factory=set)  # speed switches on in any included run
+    unfinished: dict[Path, RunStatus] = field(default_factory=dict)  # run directory -> its state
 
     def stat(self, key: str = "acc") -> tuple[float | None, float | None]:
         xs = [v[key] for v in self.values]
@@ -119,7 +129,7 @@ def sgd_stand_in(summary: dict, reading: str) -> int | None:
 
 def fast_paths_of(run_dir: Path) -> set[str]:
     """The numerics-changing speed switches a run used (empty for the faithful default)."""
-    speed = read_yaml(run_dir / "config.yaml", "run config").get("speed") or {}
+    speed = read_yaml(RunPaths(run_dir).config, "run config").get("speed") or {}
     switches = {key for key in ("channels_last", "bf16", "tf32", "compile") if speed.get(key)}
     if speed.get("bn_refresh_batch_size"):
         switches.add("bn_refresh_batch_size")
@@ -129,7 +139,7 @@ def fast_paths_of(run_dir: Path) -> set[str]:
 def summary_reading(run_dir: Path, reading: str) -> tuple[dict | None, int | None]:
     """read_reading and sgd_stand_in of the run's summary.json; ConfigError naming the file if
     it is no summary."""
-    path = run_dir / "summary.json"
+    path = RunPaths(run_dir).summary
     summary = read_json(path, "run summary")
     try:
         return read_reading(summary, reading), sgd_stand_in(summary, reading)
@@ -138,37 +148,48 @@ def summary_reading(run_dir: Path, reading: str) -> tuple[dict | None, int | Non
 
 
 def build_table(
-    table: str, dataset: str, runs: Path, models, seeds, paper: dict
+    table: str, dataset: str, runs: Path, models, seeds, paper: dict, extra=()
 ) -> dict[str, dict[str, Cell]]:
-    """model -> column label -> Cell."""
+    """model -> column label -> Cell, from the runs of the experiments composed with `extra`."""
     paper_rows = paper.get(table, {}).get(dataset, {})
-    out: dict[str, dict[str, Cell]] = {}
-    for model in models:
-        out[model] = {}
-        for col in TABLES[table]:
-            cell = Cell([], [], None)
-            ref = paper_rows.get(model, {}).get(col.paper_key)
-            if ref is not None:
-                cell.paper = (ref[0], ref[1])
-            for seed in seeds:
-                run_dir = run_files.run_dir(runs, dataset, model, col.method, seed)
-                status = RunFiles(run_dir).status()
-                if status.state == "finished":
-                    value, stand_in = summary_reading(run_dir, col.reading)
-                    if stand_in is not None:
-                        cell.pending.append(
-                            f"seed {seed}: {col.reading} reading is of the SGD model "
-                            f"(nothing averaged by epoch {stand_in})"
-                        )
-                    elif value is None:
-                        cell.pending.append(f"seed {seed}: no {col.reading} reading")
-                    else:
-                        cell.values.append(value)
-                        cell.fast_paths |= fast_paths_of(run_dir)
-                else:
-                    cell.pending.append(f"seed {seed}: {status}")
-            out[model][col.label] = cell
-    return out
+    return {
+        model: {
+            col.label: build_cell(
+                [TableRun.of(experiment_name(table, dataset, model, col.method), seed, runs, extra)
+                 for seed in seeds],
+                col.reading,
+                paper_rows.get(model, {}).get(col.paper_key),
+            )
+            for col in TABLES[table]
+        }
+        for model in models
+    }  # fmt: skip
+
+
+def build_cell(runs: list[TableRun], reading: str, paper: list | None) -> Cell:
+    """The `reading` of every finished run; the others listed in `pending` with their cause."""
+    cell = Cell([], [], None if paper is None else (paper[0], paper[1]))
+    for run in runs:
+        status = run.status()
+        if status.state == "other config":
+            cell.pending.append(f"seed {run.seed}: {run.run_dir} {status}")
+        elif status.state != "finished":
+            cell.pending.append(f"seed {run.seed}: {status}")
+        if status.state != "finished":
+            cell.unfinished[run.run_dir] = status
+            continue
+        value, stand_in = summary_reading(run.run_dir, reading)
+        if stand_in is not None:
+            cell.pending.append(
+                f"seed {run.seed}: {reading} reading is of the SGD model "
+                f"(nothing averaged by epoch {stand_in})"
+            )
+        elif value is None:
+            cell.pending.append(f"seed {run.seed}: no {reading} reading")
+        else:
+            cell.values.append(value)
+            cell.fast_paths |= fast_paths_of(run.run_dir)
+    return cell
 
 
 def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
@@ -180,11 +201,15 @@ def _fmt(mean: float | None, std: float | None, digits: int = 2) -> str:
 def cell_markdown(cell: Cell) -> str:
     mean, std = cell.stat()
     if mean is None:
-        if any("running" in p for p in cell.pending):
-            return "running"
-        if any("failed" in p for p in cell.pending):
-            return "failed (see failed.json)"
-        return "missing" if all("missing" in p for p in cell.pending) else "no reading"
+        states = {status.state for status in cell.unfinished.values()}
+        for state, text in (
+            ("other config", "other config (see below)"),
+            ("running", "running"),
+            ("failed", "failed (see below)"),
+        ):
+            if state in states:
+                return text
+        return "missing" if states == {"missing"} else "no reading"
     text = f"{_fmt(mean, std)} (n={len(cell.values)})"
     if cell.fast_paths:
         text += f" [fast paths: {', '.join(sorted(cell.fast_paths))}]"
@@ -229,7 +254,7 @@ def to_markdown(table: str, dataset: str, rows: dict[str, dict[str, Cell]]) -> s
         for p in c.pending
     ]
     if pending:
-        lines += ["", "Not included (not finished):", *(f"- {p}" for p in pending)]
+        lines += ["", "Not included:", *(f"- {p}" for p in pending)]
     return "\n".join(lines) + "\n"
 
 
@@ -315,32 +340,65 @@ def log_to_wandb(table: str, dataset: str, rows: list[dict]) -> None:
         )
 
 
-@one_line_errors
-def main(argv: list[str] | None = None) -> None:
-    parser = argparse.ArgumentParser(description="Aggregate runs into the paper's tables.")
-    parser.add_argument("table", choices=sorted(TABLES))
-    parser.add_argument("--dataset", required=True)
-    parser.add_argument("--runs", type=Path, default=Path("runs"))
-    parser.add_argument(
-        "--models", default=None, help="comma-separated (default: the table's models)"
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        description="Aggregate runs into the paper's tables (with the paper's values beside ours)."
     )
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "experiments" / "results")
-    parser.add_argument("--paper", type=Path, default=PAPER_FILE)
+    parser.add_argument("table", choices=sorted(TABLES))
+    parser.add_argument("--dataset", required=True, help="cifar10, cifar100, imagenet, synthetic")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs root (paths.runs)")
+    parser.add_argument(
+        "--models",
+        default=None,
+        help="comma-separated (default: every model the data set's experiment configs define)",
+    )
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument(
+        "--extra", default="", help="the Hydra overrides the runs were trained with (the sweep's)"
+    )
+    parser.add_argument(
+        "--out", type=Path, default=RESULTS_DIR, help=f"results folder (default {RESULTS_DIR})"
+    )
+    parser.add_argument("--paper", type=Path, default=PAPER_FILE, help="the paper's values")
     parser.add_argument(
         "--readme", type=Path, default=None, help="update this README's results block"
     )
     parser.add_argument("--wandb", action="store_true", help="also log the table to W&B")
-    args = parser.parse_args(argv)
-    models = args.models.split(",") if args.models else list(DEFAULT_MODELS[args.table])
-    seeds = parse_seeds(args.seeds)
-    check_output_folder(args.out, f"--out {args.out}")
-    paper = OmegaConf.to_container(read_yaml(args.paper, "--paper"))
+    return parser.parse_args(argv)
+
+
+def read_paper(path: Path) -> dict:
+    paper = OmegaConf.to_container(read_yaml(path, "--paper"))
     if not isinstance(paper, dict):
         raise ConfigError(
-            f"--paper {args.paper} must map tables to data sets to models, not a {type(paper).__name__}"
+            f"--paper {path} must map tables to data sets to models, not a {type(paper).__name__}"
         )
-    rows = build_table(args.table, args.dataset, args.runs, models, seeds, paper)
+    return paper
+
+
+def other_config_dirs(rows: dict[str, dict[str, Cell]]) -> list[Path]:
+    """The run directories of the table that hold a run of another config."""
+    found = {
+        run_dir
+        for cells in rows.values()
+        for cell in cells.values()
+        for run_dir, status in cell.unfinished.items()
+        if status.state == "other config"
+    }
+    return sorted(found)
+
+
+def run(argv: list[str] | None = None) -> int:
+    """Write (and print) the table; EXIT_OTHER_CONFIG when a run directory of it holds a run of
+    another config, else 0."""
+    args = parse_args(argv)
+    models = args.models.split(",") if args.models else table_models(args.table, args.dataset)
+    check_models(args.table, args.dataset, models)
+    seeds = parse_seeds(args.seeds)
+    check_output_folder(args.out, f"--out {args.out}")
+    paper = read_paper(args.paper)
+    extra = split_overrides(args.extra)
+    rows = build_table(args.table, args.dataset, args.runs, models, seeds, paper, extra)
     md, csv_path = write_outputs(args.table, args.dataset, rows, args.out)
     markdown = md.read_text()
     print(markdown)
@@ -350,6 +408,30 @@ def main(argv: list[str] | None = None) -> None:
         update_readme(args.readme, result_name(args.table, args.dataset), markdown)
     if args.wandb:
         log_to_wandb(args.table, args.dataset, to_rows(args.dataset, rows))
+    collisions = other_config_dirs(rows)
+    if collisions:
+        print(
+            f"error: run directories holding a run of another config: {len(collisions)} (listed "
+            "under the table); move them away, or give --extra the overrides they were trained with",
+            file=sys.stderr,
+        )
+        return EXIT_OTHER_CONFIG
+    return 0
+
+
+def split_overrides(text: str) -> list[str]:
+    """--extra as a list of overrides (ConfigError when it does not parse as shell words)."""
+    try:
+        return shlex.split(text)
+    except ValueError as exc:
+        raise ConfigError(f"--extra {text!r} does not parse as shell words: {exc}") from None
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
+    code = run(argv)
+    if code:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

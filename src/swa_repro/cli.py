@@ -67,6 +67,21 @@ def check_output_folder(folder: Path, what: str) -> None:
             raise ConfigError(f"{what}: {path} is a file, not a folder")
 
 
+def table_runs_command(runs: Path | str, dataset: str, model: str, seed: int) -> str:
+    """The command that trains the Table 1 runs (SGD and SWA) of `model` on `dataset`, one seed
+    (the synthetic set-up: the figures' demo, which trains its own runs)."""
+    if dataset == "synthetic":
+        return f"python -m swa_repro.figures --demo --runs {runs} --seed {seed}"
+    return f"make reproduce-{dataset} MODELS={model} SEEDS={seed} RUNS={runs}"
+
+
+def figure_runs_command(runs: Path | str, setup: str, seed: int) -> str:
+    """The command that trains the figures' extra runs (the SGD solution, the trajectories) and
+    computes their analyses, from the Table 1 runs of `setup` ("<data>/<model>")."""
+    demo = " --demo" if setup.startswith("synthetic/") else f" --setup {setup}"
+    return f"python -m swa_repro.figures{demo} --runs {runs} --seed {seed}"
+
+
 def first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__

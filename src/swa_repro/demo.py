@@ -1,6 +1,7 @@
 """Offline demo: SGD vs SWA on synthetic CIFAR-shaped data, on CPU in a few minutes.
 
-    python -m swa_repro.demo [paths.runs=runs] [any other override]
+    python -m swa_repro.demo [paths.runs=runs] [any other override of python -m swa_repro.train]
+    python -m swa_repro.demo --help
 
 Runs experiment=synthetic/small_cnn_sgd and synthetic/small_cnn_swa (each resumes or is skipped when
 already done) and prints their test metrics side by side. `make demo` then draws the
@@ -17,6 +18,8 @@ from swa_repro.compose import check_overrides, compose_config
 from swa_repro.report import metrics_table
 from swa_repro.run_files import RunFiles
 from swa_repro.train import train_and_report
+
+USAGE = "python -m swa_repro.demo [key=value ...]   (overrides of python -m swa_repro.train)"
 
 
 def run_demo(overrides: list[str]) -> tuple[dict, dict]:
@@ -45,6 +48,9 @@ def comparison_table(sgd: dict, swa: dict) -> str:
 
 @one_line_errors
 def main(argv: list[str]) -> None:
+    if "--help" in argv or "-h" in argv:
+        print(f"usage: {USAGE}\n\n{__doc__.strip()}")
+        return
     check_overrides(argv)
     sgd, swa = run_demo(argv)
     print("\n" + comparison_table(sgd, swa))

@@ -25,16 +25,18 @@ import math
 import shlex
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 import yaml
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from omegaconf import DictConfig, OmegaConf
 
-from swa_repro import REPO_ROOT
-from swa_repro.cli import first_line, one_line_errors, read_yaml
+from swa_repro import REPO_ROOT, layout
+from swa_repro.cli import first_line, one_line_errors, read_yaml, table_runs_command
 from swa_repro.config_check import ConfigError, is_number
+from swa_repro.layout import RunPaths
 from swa_repro.run_files import RunFiles
 
 PAPER_SIZES = {
@@ -122,7 +124,7 @@ def continuation_base(experiment: str, run_dir: Path) -> list[str]:
                 f"({first_line(exc)}); pass them with --extra"
             ) from None
 
-    saved = OmegaConf.to_container(read_yaml(run_dir / "config.yaml", "run config"))
+    saved = OmegaConf.to_container(read_yaml(RunPaths(run_dir).config, "run config"))
     base = [f"experiment={experiment}"]
     base += inherited_overrides(saved, composed(base))
     left = inherited_overrides(saved, composed(base))
@@ -158,8 +160,39 @@ def plot(script: str, inputs: list[Path], out: Path, *options: str) -> list[Path
     return [out.with_suffix(".png"), out.with_suffix(".pdf")]
 
 
-@one_line_errors
-def main(argv: list[str] | None = None) -> None:
+@dataclass
+class Figures:
+    """One set-up's runs and folders (through swa_repro.layout) and the settings of its figures."""
+
+    runs: Path
+    setup: str  # <dataset>/<model>
+    seed: int
+    args: argparse.Namespace
+
+    @property
+    def dataset(self) -> str:
+        return self.setup.split("/")[0]
+
+    @property
+    def model(self) -> str:
+        return self.setup.split("/")[1]
+
+    def run_dir(self, method: str) -> Path:
+        """The run directory of `method` (sgd, swa, or a continuation's name) of this set-up."""
+        return layout.run_dir(self.runs, self.dataset, self.model, method, self.seed)
+
+    @property
+    def data_dir(self) -> Path:
+        return layout.analyses_dir(self.runs, self.setup, self.seed)
+
+    @property
+    def common(self) -> list[str]:
+        """The overrides of every run trained here."""
+        extra = shlex.split(self.args.extra)
+        return [f"seed={self.seed}", f"paths.runs={self.runs}", "progress=false", *extra]
+
+
+def parse_args(argv: list[str] | None) -> Figures:
     parser = argparse.ArgumentParser(description="Regenerate every figure from training runs.")
     parser.add_argument(
         "--runs", type=Path, default=None, help="runs root (default runs, or runs/demo with --demo)"
@@ -192,7 +225,9 @@ def main(argv: list[str] | None = None) -> None:
         default=None,
         help="a1,a2 of the cyclical trajectory (default swa_lr,swa_lr/10)",
     )
-    parser.add_argument("--device", default="auto")
+    parser.add_argument(
+        "--device", default="auto", help="of the analyses: auto | cpu | cuda | cuda:N"
+    )
     parser.add_argument(
         "--points-per-pass",
         type=int,
@@ -205,124 +240,102 @@ def main(argv: list[str] | None = None) -> None:
         action="store_true",
         help="the demo runs (runs/demo), small grids, trains what is missing",
     )
-    args = parser.parse_args(argv)
-    sizes = DEMO_SIZES if args.demo else PAPER_SIZES
-    for key, value in sizes.items():
+    return with_defaults(parser.parse_args(argv))
+
+
+def with_defaults(args: argparse.Namespace) -> Figures:
+    """The paper's or the demo's sizes where not given, the demo's set-up and folders."""
+    for key, value in (DEMO_SIZES if args.demo else PAPER_SIZES).items():
         if getattr(args, key) is None:
             setattr(args, key, value)
     if args.demo:
         args.setup = "synthetic/small_cnn"
-    args.runs = args.runs or Path("runs/demo" if args.demo else "runs")
-    out = args.out or Path("figures") / args.setup.replace("/", "_")
     if args.setup.count("/") != 1:
         raise ConfigError(f"--setup must be <dataset>/<model>, got {args.setup!r}")
-    dataset, model = args.setup.split("/")
-    runs_of = args.runs / args.setup
-    sgd_run, swa_run = runs_of / "sgd" / f"seed{args.seed}", runs_of / "swa" / f"seed{args.seed}"
-    common = [
-        f"seed={args.seed}",
-        f"paths.runs={args.runs}",
-        "progress=false",
-        *shlex.split(args.extra),
-    ]
+    args.out = args.out or Path("figures") / args.setup.replace("/", "_")
+    runs = args.runs or Path("runs/demo" if args.demo else "runs")
+    return Figures(runs, args.setup, args.seed, args)
 
-    # --- the Table 1 runs (trained here only for the demo) ------------------------------------
-    for method, run_dir in (("sgd", sgd_run), ("swa", swa_run)):
-        if RunFiles(run_dir).status().state != "finished":
-            if not args.demo:
-                how = (
-                    "python -m swa_repro.figures --demo trains them"
-                    if dataset == "synthetic"
-                    else f"make reproduce-{dataset} MODELS={model} SEEDS={args.seed} RUNS={args.runs}"
-                )
-                raise ConfigError(f"{run_dir} is not a finished run; train it first: {how}")
-            train_run([f"experiment={args.setup}_{method}", *common], run_dir)
-    sgd_cfg = read_yaml(sgd_run / "config.yaml", "run config")
-    swa_cfg = read_yaml(swa_run / "config.yaml", "run config")
-    start = math.ceil(swa_cfg.method.swa_start) - 1  # last SGD epoch before averaging (125)
-    start_ckpt = swa_run / "checkpoints" / f"epoch_{start:04d}.pt"
+
+def table_runs(figs: Figures) -> tuple[DictConfig, DictConfig]:
+    """The saved configs of the set-up's Table 1 SGD and SWA runs, trained here for the demo
+    (otherwise ConfigError naming the command that trains them)."""
+    for method in ("sgd", "swa"):
+        path = figs.run_dir(method)
+        if RunFiles(path).status().state != "finished":
+            if not figs.args.demo:
+                how = table_runs_command(figs.runs, figs.dataset, figs.model, figs.seed)
+                raise ConfigError(f"{path} is not a finished run; train it first: {how}")
+            train_run([f"experiment={figs.setup}_{method}", *figs.common], path)
+    return tuple(read_yaml(RunPaths(figs.run_dir(m)).config, "run config") for m in ("sgd", "swa"))
+
+
+def starting_points(figs: Figures, sgd_cfg: DictConfig, swa_cfg: DictConfig) -> tuple[int, int]:
+    """The epochs whose kept checkpoints the figures start from: the SWA run's last before
+    averaging (125), and 0.8 of the SGD run for FGE (ConfigError if one is not kept)."""
+    start = math.ceil(swa_cfg.method.swa_start) - 1
     fge_start = sgd_cfg.budget * 4 // 5
-    fge_ckpt = sgd_run / "checkpoints" / f"epoch_{fge_start:04d}.pt"
-    for needed in (start_ckpt, fge_ckpt):
+    for method, epoch in (("swa", start), ("sgd", fge_start)):
+        needed = RunPaths(figs.run_dir(method)).kept(epoch)
         if not needed.is_file():
             raise ConfigError(
                 f"{needed} is missing; the experiment configs keep it (checkpoint.keep_epochs)"
             )
+    return start, fge_start
 
-    # --- 1. continuations from the epoch-`start` model ----------------------------------------
+
+def continuations(figs: Figures, start: int, sgd_cfg: DictConfig, swa_cfg: DictConfig) -> Path:
+    """Step 1: train the SGD solution and the two trajectories from the epoch-`start` model;
+    returns the SGD solution's checkpoint."""
     swa_lr = swa_cfg.method.swa_lr
-    a1, a2 = (
-        map(float, args.trajectory_cycle.split(","))
-        if args.trajectory_cycle
-        else (swa_lr, swa_lr / 10)
-    )
-    horizon = sgd_cfg.epochs
-    continuations = {
+    cycle = figs.args.trajectory_cycle
+    a1, a2 = map(float, cycle.split(",")) if cycle else (swa_lr, swa_lr / 10)
+    keep = "checkpoint.keep_every=1"
+    trained_here = {
         f"sgd_from_epoch{start}": ["schedule=paper"],
-        "trajectory_constant": ["schedule=constant", f"schedule.lr={swa_lr}", "checkpoint.keep_every=1"],
+        "trajectory_constant": ["schedule=constant", f"schedule.lr={swa_lr}", keep],
         "trajectory_cyclic": [
-            "schedule=cyclic", f"schedule.a1={a1}", f"schedule.a2={a2}", "schedule.cycle_epochs=1",
-            "checkpoint.keep_every=1",
+            "schedule=cyclic", f"schedule.a1={a1}", f"schedule.a2={a2}", "schedule.cycle_epochs=1", keep,
         ],
     }  # fmt: skip
-    for name, overrides in continuations.items():
-        run_dir = runs_of / name / f"seed{args.seed}"
-        if RunFiles(run_dir).status().state == "finished":
+    start_ckpt = RunPaths(figs.run_dir("swa")).kept(start)
+    base = None
+    for name, overrides in trained_here.items():
+        if RunFiles(figs.run_dir(name)).status().state == "finished":
             continue
         # the SGD run's own settings (e.g. data.root given to the sweep), then --extra
+        base = base or continuation_base(f"{figs.setup}_sgd", figs.run_dir("sgd"))
+        horizon = f"epochs={sgd_cfg.epochs}", f"budget={sgd_cfg.epochs}"
+        name_override = f"name={layout.run_name(figs.dataset, figs.model, name, figs.seed)}"
         train_run(
-            [
-                *continuation_base(f"{args.setup}_sgd", sgd_run), *common, *overrides,
-                f"epochs={horizon}", f"budget={horizon}", f"resume={start_ckpt}",
-                f"name={args.setup}/{name}/seed{args.seed}",
-            ],
-            run_dir,
-        )  # fmt: skip
-    sgd_solution = (
-        runs_of / f"sgd_from_epoch{start}" / f"seed{args.seed}" / "checkpoints" / "last.pt"
-    )
+            [*base, *figs.common, *overrides, *horizon, f"resume={start_ckpt}", name_override],
+            figs.run_dir(name),
+        )
+    return RunPaths(figs.run_dir(f"sgd_from_epoch{start}")).last
 
-    # --- 2. analyses -------------------------------------------------------------------------
-    data_dir = args.runs / "analyses" / args.setup / f"seed{args.seed}"
-    base = [
-        f"runs={args.runs}",
-        f"setup={args.setup}",
-        f"run_seed={args.seed}",
-        f"out_dir={data_dir}",
-        f"device={args.device}",
-        *([] if args.points_per_pass is None else [f"points_per_pass={args.points_per_pass}"]),
-    ]
-    swa_point, sgd_point = f"{swa_run}/checkpoints/last.pt:swa", f"{sgd_solution}:model"
+
+def analyses(
+    figs: Figures, start: int, fge_start: int, sgd_solution: Path, sgd_cfg: DictConfig
+) -> None:
+    """Step 2: every analysis the figures draw (each skipped when complete)."""
+    args, data_dir = figs.args, figs.data_dir
+    sgd_run, swa_run = RunPaths(figs.run_dir("sgd")), RunPaths(figs.run_dir("swa"))
+    base = [f"runs={figs.runs}", f"setup={figs.setup}", f"run_seed={figs.seed}"]
+    base += [f"out_dir={data_dir}", f"device={args.device}"]
+    base += [] if args.points_per_pass is None else [f"points_per_pass={args.points_per_pass}"]
+    swa_point, sgd_point = f"{swa_run.last}:swa", f"{sgd_solution}:model"
     grid = [f"grid_points={args.grid}"]
     analysis(
         "plane", data_dir / "plane.npz",
-        [f"w0={start_ckpt}:model", f"w1={sgd_point}", f"w2={swa_point}", f"labels=[epoch {start},SGD,SWA]", *grid],
+        [f"w0={swa_run.kept(start)}:model", f"w1={sgd_point}", f"w2={swa_point}", f"labels=[epoch {start},SGD,SWA]", *grid],
         base,
     )  # fmt: skip
-    samples = data_dir / "fge_samples.pt"
-    if not (data_dir / "fge.npz").is_file() or not samples.is_file():
-        fge_epochs = max(6, sgd_cfg.budget - fge_start)  # the rest of the run, at least 3 samples
-        run([
-            sys.executable, "-m", "swa_repro.analysis", "fge", *base, f"checkpoint={fge_ckpt}",
-            f"epochs={fge_epochs}", f"out={data_dir / 'fge.npz'}", f"samples_out={samples}",
-        ])  # fmt: skip
-    with np.load(data_dir / "fge.npz") as fge:
-        n = len(fge["sample_test_acc"])
-    first, middle, last = 0, n // 2, n - 1
+    fge_samples(figs, base, sgd_run.kept(fge_start), max(6, sgd_cfg.budget - fge_start))
     analysis(
-        "plane", data_dir / "plane_fge.npz",
-        [
-            f"run_dir={sgd_run}", f"w0={samples}:{first}", f"w1={samples}:{middle}", f"w2={samples}:{last}",
-            f"labels=[FGE {first + 1},FGE {middle + 1},FGE {last + 1}]", f"+extra.SWA={samples}:mean", *grid,
-        ],
-        base,
-    )  # fmt: skip
-    analysis(
-        "line",
-        data_dir / "line.npz",
+        "line", data_dir / "line.npz",
         [f"swa={swa_point}", f"sgd={sgd_point}", f"n_points={args.line_points}"],
         base,
-    )
+    )  # fmt: skip
     analysis(
         "rays", data_dir / "rays.npz",
         [
@@ -331,15 +344,43 @@ def main(argv: list[str] | None = None) -> None:
         ],
         base,
     )  # fmt: skip
-    trajectories = []
     for kind, label in (("constant", "constant LR"), ("cyclic", "cyclical LR")):
-        path = data_dir / f"trajectory_{kind}.npz"
-        run_dir = runs_of / f"trajectory_{kind}" / f"seed{args.seed}"
-        analysis("trajectory", path, [f"run_dir={run_dir}", f"label={label}", *grid], base)
-        trajectories.append(path)
+        trajectory = figs.run_dir(f"trajectory_{kind}")
+        overrides = [f"run_dir={trajectory}", f"label={label}", *grid]
+        analysis("trajectory", data_dir / f"trajectory_{kind}.npz", overrides, base)
 
-    # --- 3. figures --------------------------------------------------------------------------
-    written = plot("convergence", [sgd_run, swa_run], out / "convergence.png")
+
+def fge_samples(figs: Figures, base: list[str], checkpoint: Path, epochs: int) -> None:
+    """FGE from `checkpoint` for `epochs` (the rest of the SGD run, at least 3 samples), then the
+    plane through its first, middle and last samples with their mean (Figure 1 left)."""
+    data_dir = figs.data_dir
+    samples = data_dir / "fge_samples.pt"
+    if not (data_dir / "fge.npz").is_file() or not samples.is_file():
+        run([
+            sys.executable, "-m", "swa_repro.analysis", "fge", *base, f"checkpoint={checkpoint}",
+            f"epochs={epochs}", f"out={data_dir / 'fge.npz'}", f"samples_out={samples}",
+        ])  # fmt: skip
+    with np.load(data_dir / "fge.npz") as fge:
+        n = len(fge["sample_test_acc"])
+    first, middle, last = 0, n // 2, n - 1
+    analysis(
+        "plane", data_dir / "plane_fge.npz",
+        [
+            f"run_dir={figs.run_dir('sgd')}", f"w0={samples}:{first}", f"w1={samples}:{middle}", f"w2={samples}:{last}",
+            f"labels=[FGE {first + 1},FGE {middle + 1},FGE {last + 1}]", f"+extra.SWA={samples}:mean",
+            f"grid_points={figs.args.grid}",
+        ],
+        base,
+    )  # fmt: skip
+
+
+def draw(figs: Figures) -> list[Path]:
+    """Step 3: every plot script, into --out; the paths written."""
+    data_dir, out = figs.data_dir, figs.args.out
+    trajectories = [data_dir / f"trajectory_{kind}.npz" for kind in ("constant", "cyclic")]
+    written = plot(
+        "convergence", [figs.run_dir("sgd"), figs.run_dir("swa")], out / "convergence.png"
+    )
     written += plot("plane", [data_dir / "plane.npz"], out / "fig1_plane_sgd_swa.png")
     written += plot(
         "plane", [data_dir / "plane_fge.npz"], out / "fig1_plane_fge.png", "--metrics", "test_err"
@@ -348,6 +389,17 @@ def main(argv: list[str] | None = None) -> None:
     written += plot("trajectory", trajectories, out / "fig2_trajectories.png")
     written += plot("line", [data_dir / "line.npz"], out / "line_swa_sgd.png")
     written += plot("rays", [data_dir / "rays.npz"], out / "widths_rays.png")
+    return written
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
+    figs = parse_args(argv)
+    sgd_cfg, swa_cfg = table_runs(figs)
+    start, fge_start = starting_points(figs, sgd_cfg, swa_cfg)
+    sgd_solution = continuations(figs, start, sgd_cfg, swa_cfg)
+    analyses(figs, start, fge_start, sgd_solution, sgd_cfg)
+    written = draw(figs)
     print("\nfigures:")
     for path in written:
         print(f"  {path}")

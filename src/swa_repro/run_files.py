@@ -1,5 +1,7 @@
 """Reading and writing the files of one run directory (paths: swa_repro.layout), and choosing
-the checkpoint to resume from. Registers the `${run_name:...}` resolver the configs' `name` uses.
+the checkpoint to resume from. Registers the layout's OmegaConf resolvers: `${run_name:...}`
+(the training configs' `name`) and those conf/analysis/base.yaml builds its paths with
+(`setup_run`, `run_file`, `kept_checkpoint`, `analyses_dir`).
 
 Disk use is bounded: two rolling checkpoints plus the kept epochs.
 """
@@ -50,7 +52,25 @@ ANY = object()
 KEYS_ADDED_LATER = {"method.swa_include_start": False, "model.bn_weight_init": ANY}
 
 
+def setup_run(runs: str, setup: str, method: str, seed: int) -> str:
+    """The run directory of method `method` of setup "<data>/<model>" (the analyses' configs)."""
+    if str(setup).count("/") != 1:
+        raise ConfigError(f"setup must be <data>/<model>, got {setup!r}")
+    data, model = setup.split("/")
+    return str(run_dir(runs, data, model, method, seed))
+
+
 OmegaConf.register_new_resolver("run_name", run_name, replace=True)
+OmegaConf.register_new_resolver("setup_run", setup_run, replace=True)
+OmegaConf.register_new_resolver(
+    "run_file", lambda root, name: str(getattr(RunPaths(root), name)), replace=True
+)
+OmegaConf.register_new_resolver(
+    "kept_checkpoint", lambda root, epoch: str(RunPaths(root).kept(int(epoch))), replace=True
+)
+OmegaConf.register_new_resolver(
+    "analyses_dir", lambda runs, setup, seed: str(analyses_dir(runs, setup, seed)), replace=True
+)
 
 
 class RunInUseError(ConfigError):
@@ -62,14 +82,22 @@ __all__ = ["RunFiles", "RunStatus", "analyses_dir", "run_dir", "run_name"]
 
 @dataclass(frozen=True)
 class RunStatus:
-    state: str  # finished | failed | running (or interrupted) | missing
+    state: str  # finished | failed | running (or interrupted) | missing | other config
     epochs_done: int = 0  # as far as metrics.jsonl shows (the last evaluated epoch)
     epochs: int | None = None
+    cause: str = ""  # failed: failed.json's error; other config: the keys that differ
 
-    def __str__(self) -> str:
+    def short(self) -> str:
+        """The state for a table: running with its epoch, else the state alone."""
         if self.state == "running":
             return f"running (epoch {self.epochs_done}/{self.epochs or '?'})"
         return self.state
+
+    def __str__(self) -> str:
+        """The state with its cause."""
+        if self.state == "other config":
+            return f"holds a run of another config (differs in: {self.cause})"
+        return f"{self.short()}: {self.cause}" if self.cause else self.short()
 
 
 class RunFiles(RunPaths):
@@ -78,15 +106,21 @@ class RunFiles(RunPaths):
     def finished(self) -> bool:
         return self.summary.is_file()
 
-    def status(self) -> RunStatus:
-        """finished (summary.json), missing (no folder), failed (failed.json), or running /
-        interrupted with the last evaluated epoch of metrics.jsonl."""
+    def status(self, expected: DictConfig | None = None) -> RunStatus:
+        """other config (the folder's config.yaml differs from `expected`, when given, in keys
+        that change the numbers), finished (summary.json), missing (no folder), failed
+        (failed.json, with its error), or running / interrupted with the last evaluated epoch
+        of metrics.jsonl."""
+        if expected is not None and self.config.is_file():
+            differing = config_differences(self.read_config(), expected)
+            if differing:
+                return RunStatus("other config", cause=", ".join(differing))
         if self.finished():
             return RunStatus("finished")
         if not self.root.is_dir():
             return RunStatus("missing")
         if self.failed.is_file():
-            return RunStatus("failed")
+            return RunStatus("failed", cause=self.failure())
         epochs = self.read_config().epochs if self.config.is_file() else None
         lines = self.metrics.read_text().splitlines() if self.metrics.is_file() else []
         try:
@@ -119,6 +153,13 @@ class RunFiles(RunPaths):
                 self.failed,
                 json.dumps({"error": message, "exit_code": exit_code}) + "\n",
             )
+
+    def failure(self) -> str:
+        """The error failed.json records ("" when it cannot be read: the state still says failed)."""
+        try:
+            return str(json.loads(self.failed.read_text())["error"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return ""
 
     def clear_failure(self) -> None:
         self.failed.unlink(missing_ok=True)
@@ -210,11 +251,17 @@ def _parse(path: Path, parse):
         ) from None
 
 
-def check_same_config(saved: str | DictConfig, cfg: DictConfig) -> None:
-    """Refuse to continue a run under a different configuration (saved: YAML text or a config)."""
+def config_differences(saved: str | DictConfig, cfg: DictConfig) -> list[str]:
+    """The dotted keys in which `cfg` differs from `saved` (YAML text or a config), leaving out
+    RESUME_FREE_KEYS (they do not change the numbers)."""
     saved = OmegaConf.to_container(OmegaConf.create(saved))
     current = OmegaConf.to_container(cfg, resolve=True)
-    differing = sorted(_differences(saved, current))
+    return sorted(_differences(saved, current))
+
+
+def check_same_config(saved: str | DictConfig, cfg: DictConfig) -> None:
+    """Refuse to continue a run under a different configuration (saved: YAML text or a config)."""
+    differing = config_differences(saved, cfg)
     if differing:
         raise ConfigError(
             f"the run directory holds a run with a different config (differs in: {', '.join(differing)}); "

@@ -4,12 +4,24 @@
                               [--runs runs] [--extra "logger=wandb hydra/launcher=slurm"] [--dry-run]
     python -m swa_repro.sweep table2 --dataset imagenet --gpus 8 [--extra "data.root=/datasets/imagenet"]
 
-Prints every run with its state (finished / partial / to do) and an estimate of the
-GPU-hours left, then launches `python -m swa_repro.train -m experiment=... seed=...`.
-Finished runs are skipped and partial ones resumed (stable run directories, resume=auto),
-so rerunning the same command only does what is missing. With --gpus N > 1 every run uses N
-processes: one torchrun per run on this machine, or N SLURM tasks per node of each job under
-hydra/launcher=slurm (more nodes: hydra.launcher.nodes=K in --extra).
+Rows: the models the data set's experiment configs define for the table (or --models).
+Prints every run with its state (finished / partial / to do / failed / other config) and an
+estimate of the GPU-hours left, then launches `python -m swa_repro.train -m experiment=...
+seed=...`. Finished runs are skipped and partial ones resumed (stable run directories,
+resume=auto), so rerunning the same command only does what is missing; then it aggregates
+(swa_repro.aggregate, into --out, by default experiments/results/).
+
+A run directory that holds a run of another config than the cell's (the experiment's +
+--extra; e.g. a run trained by hand with overrides under the same name) is never trained
+over, skipped or counted: the plan names it with the keys that differ. The sweep exits
+non-zero (1, or a launch's own exit code) whenever a cell is not finished afterwards - failed,
+refused (another config, a directory in use) or interrupted - and names each such cell with
+its cause, read from the run directories (under the submitit launchers a multirun itself
+exits 0 past failing cells).
+
+With --gpus N > 1 every run uses N processes: one torchrun per run on this machine, or N SLURM
+tasks per node of each job under hydra/launcher=slurm (more nodes: hydra.launcher.nodes=K in
+--extra).
 
 The estimate of a run: with a benchmark JSON (--bench, default the GPU one that
 docs/performance.md records, when it exists) that measured the run's model under the run's
@@ -35,24 +47,16 @@ from torch.utils.flop_counter import FlopCounterMode
 from swa_repro import REPO_ROOT, aggregate
 from swa_repro.budgets import budget_epochs, is_eval_epoch
 from swa_repro.cli import one_line_errors, parse_seeds, read_json
-from swa_repro.compose import compose_config
 from swa_repro.config_check import ConfigError
 from swa_repro.fast import Speed
 from swa_repro.models import build_model, has_batchnorm
-from swa_repro.run_files import RunFiles
+from swa_repro.table_runs import TableRun, check_models, experiments_of, table_models
 
 TRAIN_IMAGES = {"cifar10": 50_000, "cifar100": 50_000, "imagenet": 1_281_167}
 TEST_IMAGES = {"cifar10": 10_000, "cifar100": 10_000, "imagenet": 50_000}
-# Table 2 has SWA runs only: its SGD column is the pretrained model each SWA run evaluates first.
-METHODS = {"table1": ("sgd", "swa"), "fixed_lr": ("sgd", "swa"), "table2": ("swa",)}
 # `python -m swa_repro.bench --speed faithful` on a GPU: the reproduce targets' settings
 GPU_BENCH = REPO_ROOT / "experiments" / "results" / "bench_gpu_faithful.json"
 BENCH_RATES = ("train_images_per_s", "eval_images_per_s", "bn_refresh_images_per_s")
-
-
-def experiments_of(table: str, dataset: str, models: list[str]) -> list[str]:
-    suffix = "_fixed_lr" if table == "fixed_lr" else ""
-    return [f"{dataset}/{model}{suffix}_{method}" for model in models for method in METHODS[table]]
 
 
 def macs_per_image(model_name: str, num_classes: int, image_size: int = 32) -> float:
@@ -147,39 +151,45 @@ def plan(
 ) -> list[dict]:
     """Every run with its state and GPU-hours left: measured (`bench`) where it applies, else
     from the FLOP count at `tflops`."""
-    rows, macs_cache = [], {}
-    for experiment in experiments:
-        cfg = compose_config([f"experiment={experiment}", f"paths.runs={runs}", *extra])
+    macs_cache: dict[tuple, float] = {}
+    return [
+        plan_row(TableRun.of(experiment, seed, runs, extra), tflops, bench, macs_cache)
+        for experiment in experiments
+        for seed in seeds
+    ]
+
+
+def plan_row(run: TableRun, tflops: float, bench: dict | None, macs_cache: dict) -> dict:
+    """The run's state and its GPU-hours left (FLOP counts cached by model in `macs_cache`)."""
+    cfg, status = run.cfg, run.status()
+    done = cfg.epochs if status.state == "finished" else status.epochs_done
+    rates = measured_rates(cfg, bench)
+    if rates is None:
         key = (cfg.model.name, cfg.data.num_classes, cfg.data.get("image_size", 32))
-        rates = measured_rates(cfg, bench)
-        if rates is None and key not in macs_cache:
+        if key not in macs_cache:
             macs_cache[key] = macs_per_image(*key)
-        for seed in seeds:
-            cfg.seed = seed
-            run_dir = runs / cfg.name
-            status = RunFiles(run_dir).status()
-            done = cfg.epochs if status.state == "finished" else status.epochs_done
-            if rates is None:
-                seconds = run_flops(cfg, macs_cache[key], done) / (tflops * 1e12)
-                basis = f"FLOPs at {tflops:g} TFLOP/s"
-            else:
-                seconds = run_seconds(cfg, rates, done)
-                epoch_s = run_images(cfg, 0)[0] / cfg.epochs / rates["train_images_per_s"]
-                basis = f"measured, {epoch_s:.3g} s/epoch"
-            rows.append({
-                "experiment": experiment,
-                "seed": seed,
-                "run_dir": run_dir,
-                "finished": status.state == "finished",
-                "status": "to do" if status.state == "missing" else str(status),
-                "hours_left": seconds / 3600,
-                "basis": basis,
-            })  # fmt: skip
-    return rows
+        seconds = run_flops(cfg, macs_cache[key], done) / (tflops * 1e12)
+        basis = f"FLOPs at {tflops:g} TFLOP/s"
+    else:
+        seconds = run_seconds(cfg, rates, done)
+        epoch_s = run_images(cfg, 0)[0] / cfg.epochs / rates["train_images_per_s"]
+        basis = f"measured, {epoch_s:.3g} s/epoch"
+    return {
+        "experiment": run.experiment,
+        "seed": run.seed,
+        "run": run,
+        "run_dir": run.run_dir,
+        "finished": status.state == "finished",
+        "run_status": status,
+        "status": "to do" if status.state == "missing" else status.short(),
+        "hours_left": seconds / 3600,
+        "basis": basis,
+    }
 
 
 def print_plan(rows: list[dict], bench: dict | None, gpus: int = 1) -> None:
-    """The runs with their state and GPU-hours left; `gpus` per run for the wall time."""
+    """The runs with their state and GPU-hours left; `gpus` per run for the wall time; below,
+    each failed run or run of another config with its cause."""
     if any(r["basis"].startswith("measured") for r in rows):
         print(f"measured throughput: {bench['path']} ({bench['device']})")
     print(f"{'experiment':<34}{'seed':>5}  {'state':<24}{'GPU-h left':>10}  estimate")
@@ -201,6 +211,9 @@ def print_plan(rows: list[dict], bench: dict | None, gpus: int = 1) -> None:
             else ""
         )
     )
+    for r in rows:
+        if r["run_status"].state in ("failed", "other config"):
+            print(f"  {r['experiment']} seed {r['seed']}: {r['run_dir']} {r['run_status']}")
 
 
 def launch_commands(
@@ -232,18 +245,19 @@ def launch_commands(
     ]  # fmt: skip
 
 
-@one_line_errors
-def main(argv: list[str] | None = None) -> None:
+def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         description="Run a paper table as a Hydra multirun, then aggregate it."
     )
     parser.add_argument("table", choices=sorted(aggregate.TABLES))
-    parser.add_argument("--dataset", required=True)
+    parser.add_argument("--dataset", required=True, help="cifar10, cifar100, imagenet, synthetic")
     parser.add_argument(
-        "--models", default=None, help="comma-separated (default: all of the table)"
+        "--models",
+        default=None,
+        help="comma-separated (default: every model the data set's experiment configs define)",
     )
-    parser.add_argument("--seeds", default="0,1,2")
-    parser.add_argument("--runs", type=Path, default=Path("runs"))
+    parser.add_argument("--seeds", default="0,1,2", help="comma-separated seeds")
+    parser.add_argument("--runs", type=Path, default=Path("runs"), help="runs root (paths.runs)")
     parser.add_argument("--extra", default="", help="more Hydra overrides for every run")
     parser.add_argument(
         "--tflops", type=float, default=30.0, help="assumed sustained TFLOP/s for the estimate"
@@ -258,61 +272,85 @@ def main(argv: list[str] | None = None) -> None:
     )
     parser.add_argument("--dry-run", action="store_true", help="print the plan only")
     parser.add_argument("--wandb", action="store_true", help="log the aggregated table to W&B")
-    parser.add_argument("--out", type=Path, default=REPO_ROOT / "experiments" / "results")
-    parser.add_argument("--readme", type=Path, default=REPO_ROOT / "README.md")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        default=aggregate.RESULTS_DIR,
+        help=f"results folder of the table (default {aggregate.RESULTS_DIR})",
+    )
+    parser.add_argument(
+        "--readme", type=Path, default=REPO_ROOT / "README.md", help="its results block is updated"
+    )
     args = parser.parse_args(argv)
-
-    models = args.models.split(",") if args.models else list(aggregate.DEFAULT_MODELS[args.table])
-    seeds = parse_seeds(args.seeds)
-    try:
-        extra = shlex.split(args.extra)
-    except ValueError as exc:
-        raise ConfigError(f"--extra {args.extra!r} does not parse as shell words: {exc}") from None
     if args.gpus < 1:
         raise ConfigError(f"--gpus must be a positive integer, got {args.gpus}")
     if not args.tflops > 0:
         raise ConfigError(f"--tflops must be a positive number, got {args.tflops}")
-    experiments = experiments_of(args.table, args.dataset, models)
+    return args
+
+
+def launch(args: argparse.Namespace, rows: list[dict], extra: list[str]) -> int:
+    """Run what is left (not the runs of another config, which would be refused); the first
+    non-zero exit code of a launch, else 0."""
+    todo = [r for r in rows if not r["finished"] and r["run_status"].state != "other config"]
+    if not todo:
+        return 0
+    experiments = list(dict.fromkeys(r["experiment"] for r in todo))
+    returncode = 0
+    for command in launch_commands(args.gpus, experiments, todo, args.runs, extra):
+        print("+ " + shlex.join(command), flush=True)
+        code = subprocess.run(command).returncode
+        if code != 0:
+            returncode = returncode or code
+            print(f"exit code {code}; rerun the same command to continue what is left")
+    return returncode
+
+
+def report_unfinished(rows: list[dict]) -> int:
+    """Name every cell not finished now with its cause (the run directories say: a Hydra
+    multirun under the submitit launchers exits 0 past failing cells); 1 if there is one, else 0."""
+    unfinished = [(r, status) for r in rows if (status := r["run"].status()).state != "finished"]
+    for r, status in unfinished:
+        print(f"not finished: {r['experiment']} seed {r['seed']} ({status}) in {r['run_dir']}")
+    if not unfinished:
+        return 0
+    print(f"{len(unfinished)} of {len(rows)} runs not finished; rerun the same command to continue")
+    if any(status.state == "other config" for _, status in unfinished):
+        print(
+            "a directory holding a run of another config is never trained over: move it away "
+            "(or give the sweep another --runs), or give --extra the overrides it was trained with"
+        )
+    return 1
+
+
+def aggregate_args(args: argparse.Namespace, models: list[str]) -> list[str]:
+    """The aggregation of what the sweep ran, with its overrides (aggregate compares them)."""
+    return [
+        args.table, "--dataset", args.dataset, "--runs", str(args.runs), "--models", ",".join(models),
+        "--seeds", args.seeds, "--extra", args.extra, "--out", str(args.out),
+        "--readme", str(args.readme), *(["--wandb"] if args.wandb else []),
+    ]  # fmt: skip
+
+
+@one_line_errors
+def main(argv: list[str] | None = None) -> None:
+    args = parse_args(argv)
+    models = args.models.split(",") if args.models else table_models(args.table, args.dataset)
+    check_models(args.table, args.dataset, models)
+    seeds, extra = parse_seeds(args.seeds), aggregate.split_overrides(args.extra)
     bench = load_bench(args.bench)
+    experiments = experiments_of(args.table, args.dataset, models)
     rows = plan(experiments, seeds, args.runs, extra, args.tflops, bench)
     nodes = [int(o.split("=", 1)[1]) for o in extra if o.startswith("hydra.launcher.nodes=")]
     print_plan(rows, bench, args.gpus * (nodes[-1] if nodes else 1))
     if args.dry_run:
         return
-    returncode = 0
-    if not all(r["finished"] for r in rows):
-        for command in launch_commands(args.gpus, experiments, rows, args.runs, extra):
-            print("+ " + shlex.join(command), flush=True)
-            code = subprocess.run(command).returncode
-            if code != 0:
-                returncode = code
-                print(f"exit code {code}; rerun the same command to continue what is left")
-        # A Hydra multirun goes on past a failing cell and exits 0: the run directories say.
-        unfinished = [
-            (r, status)
-            for r in rows
-            if (status := RunFiles(r["run_dir"]).status()).state != "finished"
-        ]
-        for r, status in unfinished:
-            print(f"not finished: {r['experiment']} seed {r['seed']} ({status}) in {r['run_dir']}")
-        if unfinished:
-            print(
-                f"{len(unfinished)} of {len(rows)} runs not finished; rerun the same command to continue"
-            )
-            returncode = returncode or 1
-    aggregate_args = [
-        args.table,
-        "--dataset",
-        args.dataset,
-        "--runs",
-        str(args.runs),
-        "--models",
-        ",".join(models),
-    ]
-    aggregate_args += ["--seeds", args.seeds, "--out", str(args.out), "--readme", str(args.readme)]
-    aggregate.main(aggregate_args + (["--wandb"] if args.wandb else []))
-    if returncode != 0:
-        sys.exit(returncode)
+    launched = launch(args, rows, extra)
+    unfinished = report_unfinished(rows)
+    tabled = aggregate.run(aggregate_args(args, models))
+    code = launched or unfinished or tabled
+    if code != 0:
+        sys.exit(code)
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from swa_repro.cli import read_yaml
 from swa_repro.config_check import check_device, check_int, resolve_device
 from swa_repro.data import Normalizer, Splits, TrainStream, eval_batches, load_data
 from swa_repro.fast import Speed
+from swa_repro.layout import RunPaths
 from swa_repro.metrics import evaluate
 from swa_repro.models import instantiate_model
 from swa_repro.multipoint import evaluate_points
@@ -119,7 +120,7 @@ def load_context(
     check_int(seed, "seed", minimum=0)
     if eval_batch_size is not None:
         check_int(eval_batch_size, "eval_batch_size")
-    cfg = read_yaml(Path(run_dir) / "config.yaml", "run config")
+    cfg = read_yaml(RunPaths(run_dir).config, "run config")
     dev = resolve_device(device)
     Speed().set_backends()  # true fp32 as in training (PyTorch enables TF32 for convolutions)
     data = load_data(cfg.data).to(dev)

@@ -18,6 +18,7 @@ import torch
 from swa_repro.analysis.common import AnalysisError
 from swa_repro.analysis.points import state_vector, stored_weights
 from swa_repro.checkpoint import load_checkpoint
+from swa_repro.layout import RunPaths
 
 
 def load_point(spec: str, model: torch.nn.Module) -> torch.Tensor:
@@ -74,7 +75,7 @@ def load_buffers(spec: str, model: torch.nn.Module) -> dict[str, torch.Tensor] |
 
 def check_run_dir(run_dir: str | Path) -> Path:
     """`run_dir` as a Path, refused unless it holds a run's config.yaml."""
-    run_dir = Path(run_dir)
-    if not (run_dir / "config.yaml").is_file():
-        raise AnalysisError(f"{run_dir} is not a run directory (no config.yaml there)")
-    return run_dir
+    config = RunPaths(run_dir).config
+    if not config.is_file():
+        raise AnalysisError(f"{run_dir} is not a run directory (no {config.name} there)")
+    return Path(run_dir)

@@ -1,7 +1,7 @@
 """Figure 2: the plane through the first, middle and last points of an SGD trajectory.
 
 The trajectory is the `which` weights ("model": the SGD iterate) of a run's kept
-checkpoints/epoch_NNNN.pt, in epoch order (all of them, or the listed epochs). With n points,
+checkpoints (swa_repro.layout: checkpoints/epoch_NNNN.pt), in epoch order (all of them, or the listed epochs). With n points,
 w0 = point 0, w1 = point (n - 1) // 2, w2 = point n - 1; the other points and their
 equal-weight average (the SWA solution of the trajectory) are placed by projection.
 compute_plane writes the plane .npz, plus:
@@ -12,7 +12,6 @@ compute_plane writes the plane .npz, plus:
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 
 import numpy as np
@@ -22,18 +21,27 @@ from swa_repro.analysis.common import POINTS_PER_PASS, AnalysisError, device_of
 from swa_repro.analysis.plane import compute_plane, plane_basis
 from swa_repro.analysis.points import RunContext
 from swa_repro.analysis.specs import load_point
+from swa_repro.layout import RunPaths
 
-KEPT = re.compile(r"epoch_(\d+)\.pt")
 
-
-def kept_checkpoints(run_dir: str | Path) -> dict[int, Path]:
-    """Epoch -> checkpoints/epoch_NNNN.pt of the run, in epoch order."""
-    found = {}
-    for path in (Path(run_dir) / "checkpoints").glob("epoch_*.pt"):
-        match = KEPT.fullmatch(path.name)
-        if match:
-            found[int(match.group(1))] = path
-    return dict(sorted(found.items()))
+def kept_checkpoints(run_dir: str | Path, epochs: list[int] | None = None) -> dict[int, Path]:
+    """Epoch -> kept checkpoint of the run, in epoch order: all of them, or those of `epochs`
+    (AnalysisError naming the ones not kept, or when fewer than 3 remain)."""
+    paths = RunPaths(run_dir)
+    kept = paths.kept_epochs()
+    if epochs is not None:
+        missing = sorted(set(epochs) - set(kept))
+        if missing:
+            raise AnalysisError(
+                f"{run_dir} keeps no checkpoint for epochs {missing} (kept: {kept})"
+            )
+        kept = sorted(set(epochs))
+    if len(kept) < 3:
+        raise AnalysisError(
+            f"a trajectory needs at least 3 kept checkpoints; {run_dir} has epochs {kept} "
+            "(train it with checkpoint.keep_epochs=[...])"
+        )
+    return {epoch: paths.kept(epoch) for epoch in kept}
 
 
 def compute_trajectory(
@@ -50,19 +58,7 @@ def compute_trajectory(
     multipoint_mode: str = "auto",
 ) -> dict[str, np.ndarray]:
     """Evaluate the trajectory plane of `run_dir` into `out_path` (resuming it)."""
-    kept = kept_checkpoints(run_dir)
-    if epochs is not None:
-        missing = sorted(set(epochs) - set(kept))
-        if missing:
-            raise AnalysisError(
-                f"{run_dir} keeps no checkpoint for epochs {missing} (kept: {sorted(kept)})"
-            )
-        kept = {e: kept[e] for e in sorted(set(epochs))}
-    if len(kept) < 3:
-        raise AnalysisError(
-            f"a trajectory needs at least 3 kept checkpoints; {run_dir} has epochs {sorted(kept)} "
-            "(train it with checkpoint.keep_epochs=[...])"
-        )
+    kept = kept_checkpoints(run_dir, epochs)
     trajectory = list(kept)
     vectors = [load_point(f"{path}:{which}", ctx.model) for path in kept.values()]
     first, middle, last = 0, (len(vectors) - 1) // 2, len(vectors) - 1
