@@ -38,6 +38,8 @@ $(INSTALLED): requirements.txt pyproject.toml
 demo: install
 	$(PY) -m swa_repro.demo paths.runs=$(DEMO_RUNS)
 	$(PY) plots/convergence.py $(DEMO_RUN_DIRS) --out figures/demo/convergence.png
+	$(PY) plots/reliability.py $(word 1,$(DEMO_RUN_DIRS)):sgd,ema_0.99 \
+		$(word 2,$(DEMO_RUN_DIRS)):swa,ema_0.99,swag_diag,swag --out figures/demo/reliability.png
 
 test: install
 	$(PY) -m pytest -q

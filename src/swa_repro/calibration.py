@@ -38,7 +38,7 @@ from swa_repro.metrics import ECE_BINS, bin_sums, ece_from_bins
 PROB_FLOOR = 1e-12
 HEAD = ("nll_sum", "hits", "count", "brier_sum")
 BINNING = f"{ECE_BINS} equal-width confidence bins over (0, 1], an edge going to the lower bin"
-NO_HELD_OUT = "no held-out split (data.val_size=0): temperature scaling not available"
+NO_HELD_OUT = "no held-out split to fit a temperature on (data.val_size=0)"
 
 
 def probability_sums(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:

@@ -34,18 +34,27 @@ from __future__ import annotations
 
 import copy
 import hashlib
+import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import torch
+import yaml
 from torch import nn
 
+from swa_repro import report
 from swa_repro.bma import ModelAverage
+from swa_repro.calibration import BINNING
 from swa_repro.checkpoint import load_checkpoint, save_checkpoint
-from swa_repro.config_check import ConfigError
+from swa_repro.cli import check_output_folder, one_line_errors, read_yaml
+from swa_repro.config_check import ConfigError, check_device
 from swa_repro.data.stream import rank_share
+from swa_repro.distributed import Distributed
+from swa_repro.evaluator import Evaluator
+from swa_repro.layout import RunPaths
 from swa_repro.rng import derive_seed
 from swa_repro.swag import Swag, sample_generator
+from swa_repro.weights import run_metadata
 
 VARIANTS = ("swag_diag", "swag")
 
@@ -201,3 +210,157 @@ def identity(swag: Swag, mean: list[torch.Tensor], settings: PosteriorSettings, 
 
 def settings_dict(settings: PosteriorSettings, seed: int) -> dict:
     return {**asdict(settings), "seed": seed}
+
+
+# --- the command --------------------------------------------------------------------------------
+
+COMMAND_KEYS = {
+    "checkpoint": "last, or a kept epoch's name (epoch_0250) or file",
+    "swag.samples": "posterior samples per variant",
+    "swag.scale": "covariance scale of SWAG samples",
+    "swag.scale_diag": "covariance scale of SWAG-Diag samples",
+    "seed": "seed of the samples (default: the run's)",
+    "temperature": "auto (with a held-out split), true or false",
+    "device": "auto, cpu, cuda or cuda:N",
+    "out": "output folder (default RUN_DIR/posterior/<checkpoint>)",
+}
+
+
+def parse_overrides(argv: list[str]) -> dict:
+    """key=value arguments (values read as YAML scalars); ConfigError for anything else."""
+    values = {}
+    for arg in argv:
+        key, sep, text = arg.partition("=")
+        if not sep or key not in COMMAND_KEYS:
+            valid = ", ".join(f"{k} ({v})" for k, v in COMMAND_KEYS.items())
+            raise ConfigError(f"unknown argument {arg!r}; valid: key=value with key one of {valid}")
+        values[key] = text if key in ("checkpoint", "out", "device") else yaml.safe_load(text)
+    return values
+
+
+def checkpoint_path(run_dir: Path, name: str) -> Path:
+    """checkpoints/<name>.pt ("last", "epoch_0250"), or `name` itself when it is a file."""
+    path = Path(name) if Path(name).is_file() else run_dir / "checkpoints" / f"{name}.pt"
+    if not path.is_file():
+        kept = ", ".join(p.stem for p in sorted((run_dir / "checkpoints").glob("*.pt")))
+        raise ConfigError(f"no checkpoint {path}; this run has: {kept or 'none'}")
+    return path
+
+
+def posterior_of(saved: dict, path: Path) -> Swag:
+    """The SWAG posterior a checkpoint holds; ConfigError when the run never collected one."""
+    state = (saved.get("collectors") or {}).get("swag")
+    if state is None or int(state["count"]) == 0:
+        raise ConfigError(
+            f"{path} holds no SWAG posterior (an SGD run, swag.collect=false, or a checkpoint "
+            "from before SWA began collecting): nothing to average"
+        )
+    return Swag.from_state_dict(state)
+
+
+def mean_network(cfg, saved: dict) -> nn.Module:
+    """The run's network holding the SWA mean (and the SWA model's BN buffers) of a checkpoint."""
+    from swa_repro.models import instantiate_model
+
+    no_download = {"pretrained": None} if "pretrained" in cfg.model else {}
+    network = instantiate_model(cfg.model, **no_download)
+    average = saved["collectors"]["swa"]
+    network.load_state_dict(
+        {k.removeprefix("module."): v for k, v in average.items() if k != "n_averaged"}
+    )
+    return network
+
+
+def command_settings(cfg, values: dict) -> tuple[PosteriorSettings, int, bool | None]:
+    """The settings, seed and temperature choice of a command, checked (one-line errors)."""
+    from swa_repro.config_check import check_int, check_swag_settings
+
+    run_swag = cfg.get("swag") or {}
+    defaults = asdict(PosteriorSettings())
+    chosen = {k: values.get(f"swag.{k}", run_swag.get(k, v)) for k, v in defaults.items()}
+    check_swag_settings(2, chosen["samples"], chosen["scale"], chosen["scale_diag"], False)
+    seed = values.get("seed", cfg.seed)
+    check_int(seed, "seed", minimum=0)
+    temperature = values.get("temperature", "auto")
+    if temperature not in ("auto", True, False):
+        raise ConfigError(f"temperature must be auto, true or false, got {temperature!r}")
+    held_out = (cfg.data.get("val_size") or 0) > 0
+    if temperature is True and not held_out:
+        raise ConfigError(
+            "temperature scaling needs a held-out split, and this run has none (data.val_size=0): "
+            "train with data.val_size > 0, or leave temperature=auto"
+        )
+    return PosteriorSettings(**chosen), seed, None if temperature == "auto" else temperature
+
+
+def check_resumable(out: Path, ident: dict, samples: int) -> None:
+    """Before any work: ConfigError when `out` holds another average, or more samples."""
+    saved = AverageStore(out, None, ident).saved()
+    done = max(
+        (v["test"]["samples"] for v in (saved or {}).get("variants", {}).values()), default=0
+    )
+    if done > samples:
+        raise ConfigError(
+            f"{out / 'state.pt'} already averages {done} samples, more than swag.samples="
+            f"{samples}; give another out=DIR for fewer"
+        )
+
+
+def on_device(swag: Swag, device: torch.device, deviations_on_cpu: bool) -> Swag:
+    state = {**swag.state_dict(), "sq_mean": [t.to(device) for t in swag.sq_mean]}
+    return Swag.from_state_dict(state, "cpu" if deviations_on_cpu else device)
+
+
+def results_table(summary: dict[str, dict], samples: int) -> str:
+    """Test metrics of each variant (and after temperature scaling), 15 equal-width ECE bins."""
+    lines = [f"{'':<34}{'test acc %':>11}{'NLL':>9}{'ECE':>8}{'Brier':>8}"]
+    for key, entry in summary.items():
+        rows = [(f"{report.model_label(key)} ({samples} samples)", entry["test"])]
+        if entry["scaled"] is not None:
+            rows.append((f"  temperature-scaled (T={entry['temperature']:.3f})", entry["scaled"]))
+        for label, m in rows:
+            lines.append(
+                f"{label:<34}{m['acc']:>11.2f}{m['nll']:>9.4f}{m['ece']:>8.4f}{m['brier']:>8.4f}"
+            )
+        if entry["reason"]:
+            lines.append(f"  ({entry['reason']})")
+    return "\n".join(lines + [f"ECE: {BINNING}"])
+
+
+@one_line_errors
+def main(argv: list[str]) -> None:
+    from swa_repro.run_end import RunEnd  # which runs model_average: imported here, not above
+
+    if not argv or "=" in argv[0]:
+        raise ConfigError("usage: python -m swa_repro.posterior RUN_DIR [key=value ...]")
+    run_dir, values = Path(argv[0]), parse_overrides(argv[1:])
+    if not (run_dir / "config.yaml").is_file():
+        raise ConfigError(f"{run_dir} is not a run directory (no config.yaml there)")
+    cfg = read_yaml(run_dir / "config.yaml", "run config")
+    settings, seed, temperature = command_settings(cfg, values)
+    cfg.device = values.get("device", "auto")
+    check_device(cfg.device)
+    path = checkpoint_path(run_dir, values.get("checkpoint", "last"))
+    saved = load_checkpoint(path)
+    swag, template = posterior_of(saved, path), mean_network(cfg, saved)
+    out = Path(values["out"]) if "out" in values else RunPaths(run_dir).posterior(path.stem)
+    check_output_folder(out, f"out={out}")
+    check_resumable(
+        out, identity(swag, list(template.parameters()), settings, seed), settings.samples
+    )
+    dist = Distributed.from_env(cfg.device)
+    evaluator = Evaluator.open(cfg, saved["epoch"], dist)
+    swag = on_device(swag, evaluator.device, bool(cfg.get("swag", {}).get("deviations_on_cpu")))
+    end = RunEnd(evaluator, seed, out, run_metadata(cfg, saved["epoch"]), None, temperature)
+    end.finish_posterior(swag, template.to(evaluator.device), settings)
+    if dist.is_main:
+        end.write_calibration(out / "calibration.json")
+        print(f"{run_dir} ({path.name}, {swag.count} models collected, rank {swag.rank}):")
+        print(results_table(end.summary(), settings.samples))
+        for key, reason in end.skipped.items():
+            print(f"{report.model_label(key)}: not averaged, {reason}")
+        print(f"results: {out / 'posterior.json'}  reliability: {out / 'calibration.json'}")
+
+
+if __name__ == "__main__":
+    main(sys.argv[1:])

@@ -28,7 +28,7 @@ from swa_repro.run_files import write_text_atomic
 from swa_repro.swag import Swag
 from swa_repro.weights import export_model, export_swag, run_metadata
 
-NOT_ASKED = "temperature scaling not asked (temperature=false)"
+NOT_ASKED = "not asked (temperature=false)"
 
 
 class RunEnd:
@@ -48,6 +48,7 @@ class RunEnd:
         self.fit = evaluator.has_val if temperature is None else temperature
         self.no_fit_reason = NO_HELD_OUT if not evaluator.has_val else NOT_ASKED
         self.records: dict[str, dict] = {}
+        self.skipped: dict[str, str] = {}  # posterior variants not averaged, and why
 
     @classmethod
     def of_run(cls, run) -> RunEnd:
@@ -90,6 +91,7 @@ class RunEnd:
             swag, mean_module, self.evaluator, settings, self.seed, self.posterior_dir, splits
         )
         entries, variants = {}, {}
+        self.skipped.update(skipped)
         for key, average in averages.items():
             test = average.splits["test"]
             held_out = None
@@ -141,5 +143,7 @@ class RunEnd:
 
     def write_calibration(self, path: Path) -> None:
         """calibration.json: every model's whole record (reliability-diagram numbers included)."""
-        document = {"binning": BINNING, "models": self.records}
+        meta = self.metadata
+        run = {"data": meta["data"], "model": meta["model_name"], "epochs": meta["epochs"]}
+        document = {"run": run, "binning": BINNING, "models": self.records}
         write_text_atomic(Path(path), json.dumps(document, indent=2) + "\n")
