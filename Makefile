@@ -6,6 +6,7 @@
 #   MODELS=vgg16,wrn28x10 (default: all)  SEEDS=0,1,2  RUNS=runs  EXTRA="hydra/launcher=slurm ..."
 #   DRY_RUN=1 prints the plan and GPU-hour estimate only
 # make reproduce-imagenet -> Table 2 (GPUS=8 per run, IMAGENET=/path/with/train+val, MODELS=resnet50,...)
+# make reproduce-uncertainty -> SGD / EMA / SWA / SWAG with calibration (DATASET=cifar100, VAL_SIZE=5000; GPU)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,6 +18,8 @@ MODELS ?=
 SEEDS ?= 0,1,2
 GPUS ?= 1
 IMAGENET ?= data/imagenet
+DATASET ?= cifar100
+VAL_SIZE ?= 5000
 RUNS ?= runs
 EXTRA ?=
 SWEEP = $(PY) -m swa_repro.sweep $(if $(MODELS),--models $(MODELS)) --seeds $(SEEDS) --runs $(RUNS) \
@@ -24,6 +27,7 @@ SWEEP = $(PY) -m swa_repro.sweep $(if $(MODELS),--models $(MODELS)) --seeds $(SE
 
 .PHONY: install demo test test-slow test-all lint clean-demo bench bench-gpu \
 	reproduce-cifar100 reproduce-cifar10 reproduce-fixed-lr reproduce-imagenet reproduce-synthetic aggregate \
+	reproduce-uncertainty \
 	figures figures-demo
 
 install: $(INSTALLED)
@@ -85,6 +89,20 @@ reproduce-imagenet: install
 	$(SWEEP) table2 --dataset imagenet --gpus $(GPUS) --wandb \
 		--extra "logger=wandb data.root=$(IMAGENET) $(EXTRA)"
 
+# Beyond the paper: the Table 1 runs of DATASET (their SGD and SWA runs collect the EMAs and SWAG,
+# nothing more to train for the plain rows), then for the temperature-scaled rows the same recipes
+# with VAL_SIZE training images held out, in $(RUNS)/heldout (their Table 1 aggregate goes there too,
+# not into experiments/results), then experiments/results/uncertainty_$(DATASET).md/.csv.
+# Cost (the sweeps' estimates, DRY_RUN=1 prints them): twice the Table 1 sweep (see docs/config.md).
+HELDOUT_SWEEP = $(PY) -m swa_repro.sweep $(if $(MODELS),--models $(MODELS)) --seeds $(SEEDS) \
+	--runs $(RUNS)/heldout $(if $(DRY_RUN),--dry-run) --out $(RUNS)/heldout/results \
+	--readme $(RUNS)/heldout/README.md
+reproduce-uncertainty: install
+	$(SWEEP) table1 --dataset $(DATASET) --wandb --extra "logger=wandb $(EXTRA)"
+	$(HELDOUT_SWEEP) table1 --dataset $(DATASET) --extra "data.val_size=$(VAL_SIZE) logger=wandb $(EXTRA)"
+	$(PY) -m swa_repro.aggregate uncertainty --dataset $(DATASET) --runs $(RUNS) \
+		--heldout-runs $(RUNS)/heldout $(if $(MODELS),--models $(MODELS)) --seeds $(SEEDS)
+
 # The whole Table 1 pipeline on the synthetic data, offline on CPU: a smoke test of sweeps and aggregation.
 reproduce-synthetic: install
 	$(PY) -m swa_repro.sweep table1 --dataset synthetic --models small_cnn --seeds 0,1 --runs $(RUNS) \
@@ -95,6 +113,8 @@ aggregate: install
 	$(PY) -m swa_repro.aggregate table1 --dataset cifar100 --runs $(RUNS) --readme README.md
 	$(PY) -m swa_repro.aggregate table1 --dataset cifar10 --runs $(RUNS) --readme README.md
 	$(PY) -m swa_repro.aggregate table2 --dataset imagenet --runs $(RUNS) --readme README.md
+	$(PY) -m swa_repro.aggregate uncertainty --dataset cifar100 --runs $(RUNS)
+	$(PY) -m swa_repro.aggregate uncertainty --dataset cifar10 --runs $(RUNS)
 
 # Every figure of the paper from the Table 1 runs (PreResNet164, CIFAR-100, seed 0 by default).
 FIGURE_SETUP ?= cifar100/preresnet164

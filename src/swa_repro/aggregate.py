@@ -3,6 +3,7 @@
     python -m swa_repro.aggregate table1 --dataset cifar100 [--runs runs] [--models ...] [--seeds 0,1,2]
     python -m swa_repro.aggregate fixed_lr --dataset cifar100
     python -m swa_repro.aggregate table2 --dataset imagenet
+    python -m swa_repro.aggregate uncertainty --dataset cifar100   (swa_repro.uncertainty_table)
 
 Reads runs/<dataset>/<model>/<method>/seed<k>/summary.json and writes
 experiments/results/<table>_<dataset>.md and .csv (table2.md / .csv for ImageNet). Each cell: mean +- std over seeds
@@ -20,12 +21,13 @@ import csv
 import io
 import math
 import re
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from swa_repro import REPO_ROOT, run_files
+from swa_repro import REPO_ROOT, run_files, uncertainty_table
 from swa_repro.cli import check_output_folder, one_line_errors, parse_seeds, read_json, read_yaml
 from swa_repro.config_check import ConfigError
 from swa_repro.run_files import RunFiles, write_text_atomic
@@ -317,6 +319,9 @@ def log_to_wandb(table: str, dataset: str, rows: list[dict]) -> None:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["uncertainty"]:  # beyond the paper: its own module and options
+        return uncertainty_table.main(argv[1:], PAPER_FILE, REPO_ROOT / "experiments" / "results")
     parser = argparse.ArgumentParser(description="Aggregate runs into the paper's tables.")
     parser.add_argument("table", choices=sorted(TABLES))
     parser.add_argument("--dataset", required=True)
