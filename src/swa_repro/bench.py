@@ -469,7 +469,9 @@ def bench_model(
         "measurements": results,
         "derived": derived,
         "targets": targets,
-        "collectors": collector_costs(model, data_dev, bn_stream, speed, epoch[0], repeats, log),
+        "collectors": collector_costs(
+            model, data_dev, stream, bn_stream, speed, epoch[0], repeats, log
+        ),
     }
 
 
@@ -479,9 +481,9 @@ EMA_DECAYS = (0.999, 0.9998, 0.9999)  # the default ema.decays
 EMA_STEPS = 20  # SGD steps per timed repeat of the EMA update
 
 
-def collector_costs(model, data, bn_stream, speed, epoch_s, repeats, log) -> dict:
-    """Per epoch of `epoch_s` seconds: the EMA updates of the default three decays after every
-    step, SWAG's collection (max_rank 20) once; and one sample of the SWAG model average
+def collector_costs(model, data, stream, bn_stream, speed, epoch_s, repeats, log) -> dict:
+    """Per epoch of `epoch_s` seconds (len(stream) steps): the EMA updates of the default three
+    decays after every step, SWAG's collection (max_rank 20) once; and one sample of the SWAG model average
     (draw, BN refresh, test pass, running average saved) against one BN refresh plus one test
     pass of the same model."""
     from swa_repro.data import DeviceData
@@ -490,7 +492,7 @@ def collector_costs(model, data, bn_stream, speed, epoch_s, repeats, log) -> dic
     from swa_repro.posterior import PosteriorSettings, model_average, plan_variants
     from swa_repro.swag import Swag
 
-    device, steps = bn_stream.images.device, len(bn_stream)
+    device, steps = bn_stream.images.device, len(stream)
     emas = [EMA(model, decay) for decay in EMA_DECAYS]
     t_ema = measure(lambda r: [e.after_step(model) for _ in range(EMA_STEPS) for e in emas],
                     device, repeats)  # fmt: skip
