@@ -116,14 +116,22 @@ aggregate: install
 	$(PY) -m swa_repro.aggregate uncertainty --dataset cifar100 --runs $(RUNS)
 	$(PY) -m swa_repro.aggregate uncertainty --dataset cifar10 --runs $(RUNS)
 
-# Every figure of the paper from the Table 1 runs (PreResNet164, CIFAR-100, seed 0 by default).
+# Every figure of the paper from the Table 1 runs (PreResNet164, CIFAR-100, seed 0 by default),
+# and the reliability diagrams of SGD, an EMA, SWA, SWAG-Diag and SWAG (plots/reliability.py).
 FIGURE_SETUP ?= cifar100/preresnet164
+FIGURE_RUNS = $(RUNS)/$(FIGURE_SETUP)
 figures: install
 	$(PY) -m swa_repro.figures --runs $(RUNS) --setup $(FIGURE_SETUP) --seed 0
+	$(PY) plots/reliability.py $(FIGURE_RUNS)/sgd/seed0:sgd,ema_0.9998 \
+		$(FIGURE_RUNS)/swa/seed0:swa,ema_0.9998,swag_diag,swag \
+		--out figures/$(subst /,_,$(FIGURE_SETUP))/reliability.png
 
 # The same end to end on the demo's synthetic runs (trained if missing), small grids, CPU.
 figures-demo: install
 	$(PY) -m swa_repro.figures --demo
+	$(PY) plots/reliability.py runs/demo/synthetic/small_cnn/sgd/seed0:sgd,ema_0.99 \
+		runs/demo/synthetic/small_cnn/swa/seed0:swa,ema_0.99,swag_diag,swag \
+		--out figures/synthetic_small_cnn/reliability.png
 
 clean-demo:
 	rm -rf $(DEMO_RUNS) figures/demo figures/synthetic_small_cnn
