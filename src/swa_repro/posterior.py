@@ -132,9 +132,9 @@ class AverageStore:
     def __init__(self, folder: Path, evaluator, identity: dict):
         self.path, self.evaluator, self.identity = Path(folder) / "state.pt", evaluator, identity
 
-    def saved(self) -> dict | None:
-        """The saved state if it is of this posterior and these settings; ConfigError naming
-        what differs otherwise."""
+    def saved(self, samples: int) -> dict | None:
+        """The saved state, if any; ConfigError when it is of another posterior or other
+        settings, or averages more than `samples` samples."""
         if not self.path.is_file():
             return None
         state = load_checkpoint(self.path)
@@ -143,6 +143,12 @@ class AverageStore:
             raise ConfigError(
                 f"{self.path} holds the model average of another posterior or other settings "
                 f"(differs in: {', '.join(different)}); give another out=DIR, or move it away"
+            )
+        done = max((v["test"]["samples"] for v in state["variants"].values()), default=0)
+        if done > samples:
+            raise ConfigError(
+                f"{self.path} already averages {done} samples, more than swag.samples="
+                f"{samples}; give another out=DIR for fewer"
             )
         return state
 
@@ -174,18 +180,12 @@ def model_average(
     parameters, resumed from and saved to <folder>/state.pt; and why a variant was skipped."""
     mean = list(template.parameters())
     planned, skipped = plan_variants(swag, settings)
-    store = AverageStore(folder, evaluator, identity(swag, mean, settings, seed))
+    store = AverageStore(folder, evaluator, identity(swag, mean, settings, seed, splits))
     averages = {key: SampleAverages(splits) for key, _, _ in planned}
-    saved = store.saved()
+    saved = store.saved(settings.samples)
     for key, state in (saved or {}).get("variants", {}).items():
         if key in averages:
             averages[key].load_whole(state, evaluator)
-    done = max(a.samples for a in averages.values())
-    if done > settings.samples:
-        raise ConfigError(
-            f"{store.path} already averages {done} samples, more than swag.samples="
-            f"{settings.samples}; give another out=DIR for fewer"
-        )
     scratch = copy.deepcopy(template)  # receives every sample in turn
     for key, scale, low_rank in planned:
         for index in range(averages[key].samples, settings.samples):
@@ -198,12 +198,13 @@ def model_average(
     return averages, skipped
 
 
-def identity(swag: Swag, mean: list[torch.Tensor], settings: PosteriorSettings, seed: int) -> dict:
+def identity(swag: Swag, mean: list, settings: PosteriorSettings, seed: int, splits) -> dict:
     """What a saved average must match to be continued (swag.samples may grow)."""
     return {
         "scale": settings.scale,
         "scale_diag": settings.scale_diag,
         "seed": seed,
+        "splits": list(splits),
         "posterior": fingerprint(swag, mean),
     }
 
@@ -293,19 +294,6 @@ def command_settings(cfg, values: dict) -> tuple[PosteriorSettings, int, bool | 
     return PosteriorSettings(**chosen), seed, None if temperature == "auto" else temperature
 
 
-def check_resumable(out: Path, ident: dict, samples: int) -> None:
-    """Before any work: ConfigError when `out` holds another average, or more samples."""
-    saved = AverageStore(out, None, ident).saved()
-    done = max(
-        (v["test"]["samples"] for v in (saved or {}).get("variants", {}).values()), default=0
-    )
-    if done > samples:
-        raise ConfigError(
-            f"{out / 'state.pt'} already averages {done} samples, more than swag.samples="
-            f"{samples}; give another out=DIR for fewer"
-        )
-
-
 def on_device(swag: Swag, device: torch.device, deviations_on_cpu: bool) -> Swag:
     state = {**swag.state_dict(), "sq_mean": [t.to(device) for t in swag.sq_mean]}
     return Swag.from_state_dict(state, "cpu" if deviations_on_cpu else device)
@@ -327,10 +315,8 @@ def results_table(summary: dict[str, dict], samples: int) -> str:
     return "\n".join(lines + [f"ECE: {BINNING}"])
 
 
-@one_line_errors
-def main(argv: list[str]) -> None:
-    from swa_repro.run_end import RunEnd  # which runs model_average: imported here, not above
-
+def command_inputs(argv: list[str]) -> dict:
+    """Everything the command needs, checked (one-line errors) before any work."""
     if not argv or "=" in argv[0]:
         raise ConfigError("usage: python -m swa_repro.posterior RUN_DIR [key=value ...]")
     run_dir, values = Path(argv[0]), parse_overrides(argv[1:])
@@ -345,17 +331,32 @@ def main(argv: list[str]) -> None:
     swag, template = posterior_of(saved, path), mean_network(cfg, saved)
     out = Path(values["out"]) if "out" in values else RunPaths(run_dir).posterior(path.stem)
     check_output_folder(out, f"out={out}")
-    check_resumable(
-        out, identity(swag, list(template.parameters()), settings, seed), settings.samples
-    )
+    held_out = (cfg.data.get("val_size") or 0) > 0 and temperature is not False
+    splits = ("test", "val") if held_out else ("test",)
+    ident = identity(swag, list(template.parameters()), settings, seed, splits)
+    AverageStore(out, None, ident).saved(settings.samples)  # another average's folder: refused
+    return {"run_dir": run_dir, "cfg": cfg, "settings": settings, "seed": seed, "path": path,
+            "temperature": temperature, "epoch": saved["epoch"], "swag": swag,
+            "template": template, "out": out}  # fmt: skip
+
+
+@one_line_errors
+def main(argv: list[str]) -> None:
+    from swa_repro.run_end import RunEnd  # which runs model_average: imported here, not above
+
+    given = command_inputs(argv)
+    cfg, out, settings = given["cfg"], given["out"], given["settings"]
     dist = Distributed.from_env(cfg.device)
-    evaluator = Evaluator.open(cfg, saved["epoch"], dist)
-    swag = on_device(swag, evaluator.device, bool(cfg.get("swag", {}).get("deviations_on_cpu")))
-    end = RunEnd(evaluator, seed, out, run_metadata(cfg, saved["epoch"]), None, temperature)
-    end.finish_posterior(swag, template.to(evaluator.device), settings)
+    evaluator = Evaluator.open(cfg, given["epoch"], dist)
+    on_cpu = bool((cfg.get("swag") or {}).get("deviations_on_cpu"))
+    swag = on_device(given["swag"], evaluator.device, on_cpu)
+    metadata = run_metadata(cfg, given["epoch"])
+    end = RunEnd(evaluator, given["seed"], out, metadata, None, given["temperature"])
+    end.finish_posterior(swag, given["template"].to(evaluator.device), settings)
     if dist.is_main:
         end.write_calibration(out / "calibration.json")
-        print(f"{run_dir} ({path.name}, {swag.count} models collected, rank {swag.rank}):")
+        print(f"{given['run_dir']} ({given['path'].name}, {swag.count} models collected, "
+              f"rank {swag.rank}):")  # fmt: skip
         print(results_table(end.summary(), settings.samples))
         for key, reason in end.skipped.items():
             print(f"{report.model_label(key)}: not averaged, {reason}")
