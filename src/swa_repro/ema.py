@@ -63,6 +63,7 @@ class EMA(Collector):
         self.updates = 0  # SGD steps averaged in
         self.epochs_done = 0
         self.loaded = False
+        self.buffers_agree = True  # the averaged buffers are the same on every rank (not mid-epoch)
 
     def begin(self, model: nn.Module) -> None:
         """Start from the model's weights now (a run seeded by resume=PATH has loaded them),
@@ -78,10 +79,12 @@ class EMA(Collector):
         if self.average_buffers:
             self.update(self.average_buffers, float_buffers(model), None)
         self.updates += 1
+        self.buffers_agree = False
 
     def after_epoch(self, model: nn.Module, epoch: int) -> None:
         self.epochs_done = epoch + 1
         self.dist.broadcast(self.average_buffers)
+        self.buffers_agree = True
 
     def evaluations(self) -> list[Evaluation]:
         """At an evaluation epoch: first the averaged BN buffers as they are (the ablation),
@@ -101,7 +104,9 @@ class EMA(Collector):
         return {}
 
     def identical_tensors(self) -> list[torch.Tensor]:
-        return list(self.module.parameters())
+        """The EMA weights; the averaged BN buffers too, except mid-epoch (each rank averages
+        its own live BN buffers until they are broadcast)."""
+        return [*self.module.parameters(), *(self.average_buffers if self.buffers_agree else [])]
 
     def state_dict(self) -> dict:
         """Flat: "module.<key>" (the weights and the BN buffers of the last evaluation),
