@@ -104,7 +104,9 @@ def test_swag_moments_and_deviations_equal_those_of_the_collected_weights(run):
             exported[f"deviations.{name}"].double(), expected_deviations[p], rtol=1e-4, atol=1e-6
         )
     kept = load_checkpoint(run / "checkpoints/epoch_0004.pt")["collectors"]["swag"]
-    assert "deviations" not in kept and "deviations" in saved  # kept checkpoints leave them out
+    assert all(
+        torch.equal(a, b) for a, b in zip(kept["deviations"], saved["deviations"], strict=True)
+    )
 
 
 def test_ema_equals_its_closed_form_over_a_few_steps():
@@ -223,10 +225,20 @@ def test_posterior_command_resumes_sample_by_sample_to_the_same_numbers(run, tmp
         assert json.loads((cut / name).read_text()) == json.loads((whole / name).read_text())
 
 
-def test_posterior_of_a_kept_checkpoint_is_swag_diag_only(run, tmp_path, capsys):
-    posterior.main([str(run), "checkpoint=epoch_0004", f"out={tmp_path}", "swag.samples=1"])
-    assert "SWAG: not averaged, no deviations" in capsys.readouterr().out
-    assert list(json.loads((tmp_path / "posterior.json").read_text())["variants"]) == ["swag_diag"]
+def test_posterior_of_a_kept_checkpoint_and_variants_a_posterior_cannot_give(run, tmp_path):
+    posterior.main([str(run), "checkpoint=epoch_0003", f"out={tmp_path}", "swag.samples=1"])
+    result = json.loads((tmp_path / "posterior.json").read_text())
+    assert result["collected"] == 2 and list(result["variants"]) == ["swag_diag", "swag"]
+    settings = PosteriorSettings()
+    diagonal = Swag([torch.zeros(2)], low_rank=False)
+    diagonal.update([torch.ones(2)], [torch.ones(2)])
+    assert posterior.plan_variants(diagonal, settings)[1]["swag"].startswith("no deviations")
+    one = Swag([torch.zeros(2)], max_rank=3)
+    one.update([torch.ones(2)], [torch.ones(2)])
+    assert (
+        "needs at least 2 collected models, has 1"
+        in posterior.plan_variants(one, settings)[1]["swag"]
+    )
 
 
 # --- weights -------------------------------------------------------------------------------------

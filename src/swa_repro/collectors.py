@@ -14,9 +14,7 @@ The training loop knows a collector only through these calls:
                                posterior's Bayesian model average), {} by default; `end`
                                (swa_repro.run_end.RunEnd) evaluates, calibrates and exports models
     identical_tensors()        what must be bitwise equal on every rank (checked at checkpoints)
-    state_dict() / load_state_dict(state)   what a rolling checkpoint carries for a bitwise resume
-    kept_state_dict()          what a kept checkpoint carries (default: state_dict(); SWAG leaves
-                               its deviations out)
+    state_dict() / load_state_dict(state)   what a checkpoint carries for a bitwise resume
 
 A new averaged model subclasses Collector, overrides what it needs and is listed by
 `build_collectors`; the loop is not edited. Evaluating an Evaluation means: a BN refresh of its
@@ -82,12 +80,8 @@ class Collector:
     def state_dict(self) -> dict:
         return {}
 
-    def kept_state_dict(self) -> dict:
-        """What a kept checkpoint (epoch_NNNN.pt) carries."""
-        return self.state_dict()
-
     def load_state_dict(self, state: dict) -> None:
-        """Restore what state_dict() (or kept_state_dict()) returned."""
+        """Restore what state_dict() returned."""
 
 
 class SWA(Collector):

@@ -36,8 +36,8 @@ from swa_repro.distributed import Distributed
 
 
 def ema_name(decay: float) -> str:
-    """The collector's name and metric key: ema_0.999, ema_0.9998, ..."""
-    return f"ema_{decay:g}"
+    """The collector's name and metric key: ema_0.999, ema_0.9998, ... (the decay as written)."""
+    return f"ema_{float(decay)!r}"
 
 
 def float_buffers(module: nn.Module) -> list[torch.Tensor]:

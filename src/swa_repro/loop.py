@@ -54,7 +54,7 @@ from swa_repro.logger import NullLogger
 from swa_repro.preemption import StopRequest
 from swa_repro.run_end import RunEnd
 from swa_repro.run_files import RunFiles
-from swa_repro.state import TrainState, checkpoint_of, kept_version, zero_totals
+from swa_repro.state import TrainState, checkpoint_of, zero_totals
 
 LOSS_CHECK_EVERY = 20  # steps between host syncs (progress bar, non-finite loss check)
 
@@ -339,7 +339,7 @@ def save_checkpoint(run: Run, kept: bool = False) -> None:
         run.dist.assert_same(tensors, "the weights and buffers")
     if run.dist.is_main:
         if kept:
-            run.files.save_kept(kept_version(state, run.collectors), run.state.epoch)
+            run.files.save_kept(state, run.state.epoch)
         run.files.save_rolling(state)
 
 

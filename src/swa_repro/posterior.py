@@ -75,9 +75,7 @@ def plan_variants(swag: Swag, settings: PosteriorSettings) -> tuple[list, dict[s
     """[(key, scale, low_rank)] of the variants this posterior can give, and why the others not."""
     planned, skipped = [("swag_diag", settings.scale_diag, False)], {}
     if not swag.low_rank:
-        skipped["swag"] = (
-            "no deviations (swag.low_rank=false, or a kept checkpoint): SWAG-Diag only"
-        )
+        skipped["swag"] = "no deviations (swag.low_rank=false): SWAG-Diag only"
     elif swag.rank < 2:
         skipped["swag"] = f"SWAG needs at least 2 collected models, has {swag.rank}"
     else:

@@ -8,9 +8,7 @@ A checkpoint (swa_repro.checkpoint: checksummed, atomic, loaded with weights_onl
     metrics, readings   the evaluated records and the budget readings so far (JSON text)
     elapsed_s           training time so far;  logger_run_id: the W&B run to continue
     model, optimizer    the SGD model's and the optimiser's state_dicts
-    collectors          {name: state_dict} of every averaged model (swa_repro.collectors); a
-                        kept checkpoint (epoch_NNNN.pt) holds their kept_state_dict (SWAG's
-                        without its deviations)
+    collectors          {name: state_dict} of every averaged model (swa_repro.collectors)
     rng, rng_ranks      every global random state (of each rank, in a distributed run)
     config              the resolved config (YAML text)
 """
@@ -72,11 +70,6 @@ def checkpoint_of(run, elapsed_s: float) -> dict:
         "rng_ranks": rngs if dist.enabled else None,
         "config": OmegaConf.to_yaml(run.cfg, resolve=True),
     }
-
-
-def kept_version(state: dict, collectors) -> dict:
-    """The checkpoint `state` as a kept epoch carries it: each collector's kept_state_dict."""
-    return {**state, "collectors": {c.name: c.kept_state_dict() for c in collectors}}
 
 
 def check_checkpoint(saved: dict) -> None:

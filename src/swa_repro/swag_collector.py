@@ -11,10 +11,9 @@ false keeps none, SWAG-Diag only). Nothing is evaluated during training; at the 
 the Bayesian model average of SWAG-Diag and SWAG samples (swa_repro.posterior) gives the
 "swag_diag" and "swag" entries of the summary.
 
-Checkpoints: a rolling checkpoint carries count, sq_mean and the deviations (a bitwise resume);
-a kept one (epoch_NNNN.pt) leaves the deviations out (max_rank copies of the parameters per
-kept epoch): from it only SWAG-Diag can be drawn, and a run cannot resume from it once SWAG has
-collected.
+Checkpoints carry count, sq_mean and the deviations, kept ones (epoch_NNNN.pt) too: any of them
+is a point a run resumes from bitwise (a damaged last.pt falls back to them), at the price of
+max_rank copies of the parameters per kept epoch on disk (docs/beyond_paper.md).
 """
 
 from __future__ import annotations
@@ -24,7 +23,6 @@ from omegaconf import DictConfig
 from torch import nn
 
 from swa_repro.averaging import is_averaging_epoch
-from swa_repro.checkpoint import CheckpointError
 from swa_repro.collectors import SWA, Collector
 from swa_repro.posterior import PosteriorSettings
 from swa_repro.swag import Swag
@@ -67,17 +65,5 @@ class SwagCollector(Collector):
     def state_dict(self) -> dict:
         return self.posterior.state_dict()
 
-    def kept_state_dict(self) -> dict:
-        return self.posterior.state_dict(deviations=False)
-
     def load_state_dict(self, state: dict) -> None:
-        """A state without deviations (a kept checkpoint) is accepted before anything has been
-        collected only."""
-        if self.posterior.low_rank and "deviations" not in state:
-            if int(state["count"]) > 0:
-                raise CheckpointError(
-                    "it carries no SWAG deviations (a kept checkpoint): resume from "
-                    "checkpoints/last.pt, or set swag.low_rank=false"
-                )
-            state = {**state, "deviations": list(self.posterior.deviations)}  # all zero yet
         self.posterior.load_state_dict(state)

@@ -35,6 +35,7 @@ from torch import nn
 from swa_repro.checkpoint import write_atomic
 from swa_repro.cli import read_yaml
 from swa_repro.config_check import ConfigError
+from swa_repro.ema import ema_name
 from swa_repro.models import has_batchnorm, instantiate_model, model_arguments
 from swa_repro.rng import derive_seed
 from swa_repro.swag import Swag
@@ -102,7 +103,7 @@ def weights_file(run_dir: str | Path, name: str) -> Path:
     if name == "ema":
         decays = read_yaml(Path(run_dir) / "config.yaml", "run config").get("ema", {})
         decays = decays.get("decays") or []
-        name = f"ema_{decays[0]:g}" if decays else name
+        name = ema_name(decays[0]) if decays else name
     path = folder / f"{name}.safetensors"
     if not path.is_file():
         held = sorted(p.stem for p in folder.glob("*.safetensors"))
