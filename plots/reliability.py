@@ -7,7 +7,8 @@ with each bin's count; before and after temperature scaling.
 SOURCE: a run directory (its calibration.json, written at the end of the run), a posterior
 folder (RUN_DIR/posterior/<checkpoint>, written by python -m swa_repro.posterior) or a
 calibration.json itself. MODEL: the models of that file to draw (sgd, swa, ema_0.999,
-swag_diag, swag, ...); default: all of them. One column per model; the top row before
+swag_diag, swag, ...); default: all of them. One column per model (named with its run's
+method when two sources have the same model); the top row before
 temperature scaling, the bottom row after it when the run had a held-out split (otherwise the
 panel says why not). The bins are the file's: 15 equal-width bins over (0, 1], stated in the
 title. Nothing is computed here. Writes PNG and PDF.
@@ -81,10 +82,13 @@ def draw(specs: list[str], out: Path) -> list[Path]:
     import matplotlib.pyplot as plt
 
     columns, binning, run = [], None, {}
-    for spec in specs:
+    for number, spec in enumerate(specs, start=1):
         path, document, models = read_source(spec)
         binning, run = binning or document["binning"], run or document.get("run", {})
-        columns += [(model, document["models"][model]) for model in models]
+        method = document.get("run", {}).get("method", f"source {number}")
+        columns += [(model, method, document["models"][model]) for model in models]
+    repeated = {m for m, *_ in columns if sum(m == other for other, *_ in columns) > 1}
+    columns = [(f"{m} ({method} run)" if m in repeated else m, r) for m, method, r in columns]
     scaled = any(record.get("scaled") for _, record in columns)
     ratios = [3, 1] * (2 if scaled else 1)
     fig, axes = plt.subplots(

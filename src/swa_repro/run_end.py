@@ -144,6 +144,7 @@ class RunEnd:
     def write_calibration(self, path: Path) -> None:
         """calibration.json: every model's whole record (reliability-diagram numbers included)."""
         meta = self.metadata
-        run = {"data": meta["data"], "model": meta["model_name"], "epochs": meta["epochs"]}
+        run = {"data": meta["data"], "model": meta["model_name"], "method": meta["method"],
+               "epochs": meta["epochs"]}  # fmt: skip
         document = {"run": run, "binning": BINNING, "models": self.records}
         write_text_atomic(Path(path), json.dumps(document, indent=2) + "\n")

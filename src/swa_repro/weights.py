@@ -52,6 +52,7 @@ def run_metadata(cfg: DictConfig, epochs_done: int) -> dict[str, str]:
         "target": target,
         "arguments": json.dumps(args),
         "model_name": str(cfg.model.name),
+        "method": str(cfg.method.name),
         "data": str(cfg.data.name),
         "num_classes": str(cfg.data.num_classes),
         "input_mean": json.dumps(list(cfg.model.mean)),
