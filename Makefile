@@ -6,6 +6,7 @@
 #   MODELS=vgg16,wrn28x10 (default: all)  SEEDS=0,1,2  RUNS=runs  EXTRA="hydra/launcher=slurm ..."
 #   DRY_RUN=1 prints the plan and GPU-hour estimate only
 # make reproduce-imagenet -> Table 2 (GPUS=8 per run, IMAGENET=/path/with/train+val, MODELS=resnet50,...)
+# make reproduce-uncertainty -> SGD / EMA / SWA / SWAG with calibration (DATASET=cifar100, VAL_SIZE=5000; GPU)
 PYTHON ?= python3
 VENV ?= .venv
 PY := $(VENV)/bin/python
@@ -17,6 +18,8 @@ MODELS ?=
 SEEDS ?= 0,1,2
 GPUS ?= 1
 IMAGENET ?= data/imagenet
+DATASET ?= cifar100
+VAL_SIZE ?= 5000
 RUNS ?= runs
 EXTRA ?=
 SWEEP = $(PY) -m swa_repro.sweep $(if $(MODELS),--models $(MODELS)) --seeds $(SEEDS) --runs $(RUNS) \
@@ -24,6 +27,7 @@ SWEEP = $(PY) -m swa_repro.sweep $(if $(MODELS),--models $(MODELS)) --seeds $(SE
 
 .PHONY: install demo test test-slow test-all lint clean-demo bench bench-gpu \
 	reproduce-cifar100 reproduce-cifar10 reproduce-fixed-lr reproduce-imagenet reproduce-synthetic aggregate \
+	reproduce-uncertainty \
 	figures figures-demo
 
 install: $(INSTALLED)
@@ -38,6 +42,8 @@ $(INSTALLED): requirements.txt pyproject.toml
 demo: install
 	$(PY) -m swa_repro.demo paths.runs=$(DEMO_RUNS)
 	$(PY) plots/convergence.py $(DEMO_RUN_DIRS) --out figures/demo/convergence.png
+	$(PY) plots/reliability.py $(word 1,$(DEMO_RUN_DIRS)):sgd,ema_0.99 \
+		$(word 2,$(DEMO_RUN_DIRS)):swa,ema_0.99,swag_diag,swag --out figures/demo/reliability.png
 
 test: install
 	$(PY) -m pytest -q
@@ -83,6 +89,20 @@ reproduce-imagenet: install
 	$(SWEEP) table2 --dataset imagenet --gpus $(GPUS) --wandb \
 		--extra "logger=wandb data.root=$(IMAGENET) $(EXTRA)"
 
+# Beyond the paper: the Table 1 runs of DATASET (their SGD and SWA runs collect the EMAs and SWAG,
+# nothing more to train for the plain rows), then for the temperature-scaled rows the same recipes
+# with VAL_SIZE training images held out, in $(RUNS)/heldout (their Table 1 aggregate goes there too,
+# not into experiments/results), then experiments/results/uncertainty_$(DATASET).md/.csv.
+# Cost (the sweeps' estimates, DRY_RUN=1 prints them): twice the Table 1 sweep (see docs/config.md).
+HELDOUT_SWEEP = $(PY) -m swa_repro.sweep $(if $(MODELS),--models $(MODELS)) --seeds $(SEEDS) \
+	--runs $(RUNS)/heldout $(if $(DRY_RUN),--dry-run) --out $(RUNS)/heldout/results \
+	--readme $(RUNS)/heldout/README.md
+reproduce-uncertainty: install
+	$(SWEEP) table1 --dataset $(DATASET) --wandb --extra "logger=wandb $(EXTRA)"
+	$(HELDOUT_SWEEP) table1 --dataset $(DATASET) --extra "data.val_size=$(VAL_SIZE) logger=wandb $(EXTRA)"
+	$(PY) -m swa_repro.aggregate uncertainty --dataset $(DATASET) --runs $(RUNS) \
+		--heldout-runs $(RUNS)/heldout $(if $(MODELS),--models $(MODELS)) --seeds $(SEEDS)
+
 # The whole Table 1 pipeline on the synthetic data, offline on CPU: a smoke test of sweeps and aggregation.
 reproduce-synthetic: install
 	$(PY) -m swa_repro.sweep table1 --dataset synthetic --models small_cnn --seeds 0,1 --runs $(RUNS) \
@@ -95,15 +115,25 @@ aggregate: install
 	$(PY) -m swa_repro.aggregate table1 --dataset cifar100 --runs $(RUNS) --readme README.md --extra "$(EXTRA)"
 	$(PY) -m swa_repro.aggregate table1 --dataset cifar10 --runs $(RUNS) --readme README.md --extra "$(EXTRA)"
 	$(PY) -m swa_repro.aggregate table2 --dataset imagenet --runs $(RUNS) --readme README.md --extra "$(EXTRA)"
+	$(PY) -m swa_repro.aggregate uncertainty --dataset cifar100 --runs $(RUNS)
+	$(PY) -m swa_repro.aggregate uncertainty --dataset cifar10 --runs $(RUNS)
 
-# Every figure of the paper from the Table 1 runs (PreResNet164, CIFAR-100, seed 0 by default).
+# Every figure of the paper from the Table 1 runs (PreResNet164, CIFAR-100, seed 0 by default),
+# and the reliability diagrams of SGD, an EMA, SWA, SWAG-Diag and SWAG (plots/reliability.py).
 FIGURE_SETUP ?= cifar100/preresnet164
+FIGURE_RUNS = $(RUNS)/$(FIGURE_SETUP)
 figures: install
 	$(PY) -m swa_repro.figures --runs $(RUNS) --setup $(FIGURE_SETUP) --seed 0
+	$(PY) plots/reliability.py $(FIGURE_RUNS)/sgd/seed0:sgd,ema_0.9998 \
+		$(FIGURE_RUNS)/swa/seed0:swa,ema_0.9998,swag_diag,swag \
+		--out figures/$(subst /,_,$(FIGURE_SETUP))/reliability.png
 
 # The same end to end on the demo's synthetic runs (trained if missing), small grids, CPU.
 figures-demo: install
 	$(PY) -m swa_repro.figures --demo
+	$(PY) plots/reliability.py runs/demo/synthetic/small_cnn/sgd/seed0:sgd,ema_0.99 \
+		runs/demo/synthetic/small_cnn/swa/seed0:swa,ema_0.99,swag_diag,swag \
+		--out figures/synthetic_small_cnn/reliability.png
 
 clean-demo:
 	rm -rf $(DEMO_RUNS) figures/demo figures/synthetic_small_cnn

@@ -55,6 +55,7 @@ def imagenet_overrides(root: Path) -> list[str]:
 SYNTHETIC = [
     "data.train_size=300", "data.test_size=90", "epochs=3", "budget=2", "method.swa_start=2",
     "eval_every=1", "optim.batch_size=32", "optim.lr_init=0.01", "method.swa_lr=0.005", "progress=false",
+    "swag.samples=2",
 ]  # fmt: skip
 
 
@@ -82,6 +83,21 @@ def test_two_processes_equal_one(tmp_path, imagenet_root, data):
     for which in (lambda s: s["model"], swa_of):
         for name, value in which(one).items():
             torch.testing.assert_close(which(two)[name], value, rtol=1e-5, atol=1e-6)
+    assert list(two["collectors"]) == list(one["collectors"])  # the EMAs (and SWAG) too
+    for name, state in one["collectors"].items():
+        pairs = zip(_tensors(state), _tensors(two["collectors"][name]), strict=True)
+        for a, b in pairs:
+            torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+    summaries = [json.loads((runs[p] / "summary.json").read_text()) for p in (1, 2)]
+    averaged = [k for k in ("swag_diag", "swag") if k in summaries[0]["final"]]
+    assert len(averaged) == (2 if data == "synthetic" else 0)
+    for key in [*averaged, *summaries[0]["calibration"]]:  # model averages, calibrations
+        one_, two_ = (
+            summaries[0]["calibration"][key]["test"],
+            summaries[1]["calibration"][key]["test"],
+        )
+        for metric, value in one_.items():
+            assert two_[metric] == pytest.approx(value, rel=1e-5, abs=1e-6), (key, metric)
     assert len(two["rng_ranks"]) == 2 and one["rng_ranks"] is None
     metrics = [
         [json.loads(line) for line in RunPaths(runs[p]).metrics.read_text().splitlines()]

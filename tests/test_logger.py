@@ -23,6 +23,7 @@ TINY = [
     "eval_every=1",
     "optim.batch_size=64",
     "progress=false",
+    "swag.samples=2",  # the end's SWAG model average: 2 samples, not 30
 ]
 
 

@@ -34,6 +34,8 @@ import pytest
 import torch
 import torch.nn.functional as F
 from omegaconf import OmegaConf
+from safetensors import safe_open
+from safetensors.torch import load_file
 
 import swa_repro.loop
 import swa_repro.train
@@ -63,6 +65,7 @@ def base_overrides() -> list[str]:
         "optim.batch_size=32",
         "eval_batch_size=64",
         "progress=false",
+        "swag.samples=2",
     ]
 
 
@@ -156,6 +159,8 @@ def assert_same_as_reference(run_dir: Path, reference: Path) -> None:
     for key in ("model", "optimizer"):
         assert_bitwise_equal(got[key], want[key], key)
     assert_bitwise_equal(swa_of(got), swa_of(want), "swa")
+    assert_bitwise_equal(got["collectors"], want["collectors"], "collectors")
+    assert list(got["collectors"]) == ["swa", "swag", "ema_0.999", "ema_0.9998", "ema_0.9999"]
     assert metrics_without_time(run_dir) == metrics_without_time(reference)
     summary, ref_summary = (
         json.loads(RunPaths(d).summary.read_text()) for d in (run_dir, reference)
@@ -164,6 +169,14 @@ def assert_same_as_reference(run_dir: Path, reference: Path) -> None:
     assert summary == ref_summary
     kept = sorted(p.name for p in RunPaths(run_dir).checkpoints.glob("epoch_*.pt"))
     assert kept == sorted(p.name for p in RunPaths(reference).checkpoints.glob("epoch_*.pt"))
+    weights = sorted(p.name for p in (reference / "weights").iterdir())
+    assert weights == sorted(p.name for p in (run_dir / "weights").iterdir()) and len(weights) == 6
+    for name in weights:  # (the file's metadata order is not fixed: compare what it holds)
+        got_file, want_file = (str(d / "weights" / name) for d in (run_dir, reference))
+        assert_bitwise_equal(load_file(got_file), load_file(want_file), name)
+        assert safe_open(got_file, "pt").metadata() == safe_open(want_file, "pt").metadata()
+    for name in ("calibration.json", "posterior/last/posterior.json"):
+        assert (run_dir / name).read_text() == (reference / name).read_text()
 
 
 def copy_reference(reference: Path, runs: Path, finished: bool = False) -> Path:
@@ -202,6 +215,15 @@ def check_killed_in_bn_refresh(run_dir: Path) -> None:
     assert ckpt(run_dir)["epoch"] == 2  # epoch 3 trained, its BN refresh interrupted
 
 
+def check_killed_in_model_average(run_dir: Path) -> None:
+    """Training done (last.pt at epoch 4), SWAG-Diag's 2 samples averaged and saved."""
+    assert ckpt(run_dir)["epoch"] == EPOCHS
+    state = load_checkpoint(run_dir / "posterior" / "last" / "state.pt")
+    assert (
+        state["variants"]["swag_diag"]["test"]["samples"] == 2 and "swag" not in state["variants"]
+    )
+
+
 def check_killed_in_write(run_dir: Path) -> None:
     folder = RunPaths(run_dir).checkpoints
     # 5: the previous checkpoint is intact and loadable right after the crash
@@ -229,6 +251,7 @@ def check_killed_in_kept_write(run_dir: Path) -> None:
 KILL_CASES = [
     pytest.param("step:6", check_killed_mid_epoch, "at epoch 2", id="mid-epoch"),
     pytest.param("bn:2", check_killed_in_bn_refresh, "at epoch 3", id="bn-refresh"),
+    pytest.param("sample:3", check_killed_in_model_average, "at epoch 5", id="model-average"),
     pytest.param("write:4", check_killed_in_write, "at epoch 3", id="checkpoint-write"),
     pytest.param("rename:2", check_killed_between_renames, "next.pt", id="between-renames"),
     pytest.param("write:3", check_killed_in_kept_write, "at epoch 3", id="kept-checkpoint-write"),

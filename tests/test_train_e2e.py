@@ -24,6 +24,7 @@ SWA_OVERRIDES = [
     "eval_every=2",
     "optim.batch_size=64",
     "progress=false",
+    "swag.samples=2",  # the end's SWAG model average: 2 samples, not 30
 ]
 SGD_OVERRIDES = [
     "method=sgd",
@@ -45,6 +46,7 @@ TINY_OVERRIDES = [
     "eval_every=1",
     "optim.batch_size=64",
     "progress=false",
+    "swag.samples=2",  # the end's SWAG model average: 2 samples, not 30
 ]
 SGD_KEYS = (
     "epoch",

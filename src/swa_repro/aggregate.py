@@ -3,6 +3,7 @@
     python -m swa_repro.aggregate table1 --dataset cifar100 [--runs runs] [--models ...] [--seeds 0,1,2]
     python -m swa_repro.aggregate fixed_lr --dataset cifar100
     python -m swa_repro.aggregate table2 --dataset imagenet
+    python -m swa_repro.aggregate uncertainty --dataset cifar100   (swa_repro.uncertainty_table)
 
 Rows: the models the data set's experiment configs define for the table (or --models).
 Reads the summary.json of each cell's runs (swa_repro.table_runs: the experiment's run
@@ -33,7 +34,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from swa_repro import REPO_ROOT
+from swa_repro import REPO_ROOT, uncertainty_table
 from swa_repro.cli import check_output_folder, one_line_errors, parse_seeds, read_json, read_yaml
 from swa_repro.config_check import ConfigError
 from swa_repro.layout import RunPaths
@@ -429,6 +430,9 @@ def split_overrides(text: str) -> list[str]:
 
 @one_line_errors
 def main(argv: list[str] | None = None) -> None:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["uncertainty"]:  # beyond the paper: its own module and options
+        return uncertainty_table.main(argv[1:], PAPER_FILE, RESULTS_DIR)
     code = run(argv)
     if code:
         sys.exit(code)

@@ -266,11 +266,15 @@ def time_evaluation(b: ModelBench) -> None:
     b.report("eval_images_per_s", [n / t for t in b.measure(ours)], [n / t for t in ref])
 
 
+def bn_stream_of(b: ModelBench) -> TrainStream:
+    """The BN-refresh stream of ours (speed.bn_refresh_batch_size, else the authors' batch)."""
+    bn_batch = b.speed.bn_refresh_batch_size or BATCH
+    return TrainStream(b.data.train_x, b.data.train_y, bn_batch, normalizer(b.device), seed=0)
+
+
 def time_bn_refresh(b: ModelBench) -> None:
     """One augmented pass over the training set in train mode, without gradients."""
-    n, d = len(b.data.train_y), b.data
-    bn_batch = b.speed.bn_refresh_batch_size or BATCH
-    bn_stream = TrainStream(d.train_x, d.train_y, bn_batch, normalizer(b.device), seed=0)
+    n, bn_stream = len(b.data.train_y), bn_stream_of(b)
 
     def ours(r):
         with b.speed.autocast(b.device):
@@ -394,7 +398,67 @@ def bench_model(
         "measurements": b.results,
         "derived": derived,
         "targets": targets_of(b.results, derived, device.type == "cuda", name),
+        "collectors": collector_costs(
+            b.model,
+            b.data,
+            b.stream,
+            bn_stream_of(b),
+            speed,
+            derived["epoch_s"]["ours"],
+            repeats,
+            log,
+        ),  # fmt: skip
     }
+
+
+# --- the collectors beyond the paper (EMA, SWAG) and the SWAG model average --------------------
+
+EMA_DECAYS = (0.999, 0.9998, 0.9999)  # the default ema.decays
+EMA_STEPS = 20  # SGD steps per timed repeat of the EMA update
+
+
+def collector_costs(model, data, stream, bn_stream, speed, epoch_s, repeats, log) -> dict:
+    """Per epoch of `epoch_s` seconds (len(stream) steps): the EMA updates of the default three
+    decays after every step, SWAG's collection (max_rank 20) once; and one sample of the SWAG model average
+    (draw, BN refresh, test pass, running average saved) against one BN refresh plus one test
+    pass of the same model."""
+    from swa_repro.data import DeviceData
+    from swa_repro.ema import EMA
+    from swa_repro.evaluator import Evaluator
+    from swa_repro.posterior import PosteriorSettings, model_average, plan_variants
+    from swa_repro.swag import Swag
+
+    device, steps = bn_stream.images.device, len(stream)
+    emas = [EMA(model, decay) for decay in EMA_DECAYS]
+    t_ema = measure(lambda r: [e.after_step(model) for _ in range(EMA_STEPS) for e in emas],
+                    device, repeats)  # fmt: skip
+    mean = [p.detach().clone() for p in model.parameters()]
+    swag = Swag(mean, max_rank=20)
+    t_swag = measure(lambda r: swag.update(list(model.parameters()), mean), device, repeats)
+    evaluator = Evaluator(DeviceData(data, bn_stream.normalize, 0, 0, 1), bn_stream, speed,
+                          device, Distributed(), BATCH, None, 1)  # fmt: skip
+    t_pass = measure(lambda r: (evaluator.refresh(model), evaluator.test_metrics(model)),
+                     device, repeats)  # fmt: skip
+    with tempfile.TemporaryDirectory() as folder:
+        settings = PosteriorSettings(samples=1)  # one sample of each variant per call
+        t_bma = measure(
+            lambda r: model_average(swag, model, evaluator, settings, 0, Path(folder) / str(r)),
+            device, repeats,
+        )  # fmt: skip
+    ema_step = statistics.median(t_ema) / EMA_STEPS
+    costs = {
+        "ema_3_decays_step_ms": 1000 * ema_step,
+        "ema_3_decays_fraction_of_epoch": ema_step * steps / epoch_s,
+        "swag_collect_ms": 1000 * statistics.median(t_swag),
+        "swag_collect_fraction_of_epoch": statistics.median(t_swag) / epoch_s,
+        "bma_sample_s": statistics.median(t_bma) / len(plan_variants(swag, settings)[0]),
+        "bn_refresh_plus_test_s": statistics.median(t_pass),
+    }
+    costs["bma_sample_over_refresh_plus_test"] = (
+        costs["bma_sample_s"] / costs["bn_refresh_plus_test_s"]
+    )
+    log("  collectors: " + ", ".join(f"{k} {v:.4g}" for k, v in costs.items()))
+    return costs
 
 
 def t_status(t: dict) -> str:

@@ -117,7 +117,7 @@ def build_run(cfg: DictConfig, files: RunFiles, dist: Distributed, resumed: dict
         schedule=build_schedule(cfg),
         stream=data.train_stream(optim.batch_size),
         bn_stream=data.train_stream(speed.bn_refresh_batch_size or optim.batch_size),
-        collectors=build_collectors(cfg, model),
+        collectors=build_collectors(cfg, model, dist),
         readings_at=readings_at,
         keep_epochs=kept_epochs(cfg, readings_at),
     )

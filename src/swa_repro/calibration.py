@@ -26,6 +26,7 @@ reason.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -36,6 +37,8 @@ from swa_repro.metrics import ECE_BINS, bin_sums, ece_from_bins
 
 PROB_FLOOR = 1e-12
 HEAD = ("nll_sum", "hits", "count", "brier_sum")
+BINNING = f"{ECE_BINS} equal-width confidence bins over (0, 1], an edge going to the lower bin"
+NO_HELD_OUT = "no held-out split to fit a temperature on (data.val_size=0)"
 
 
 def probability_sums(probs: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
@@ -156,3 +159,34 @@ def fit_temperature(
 
 def _per_bin(sums: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     return sums[len(HEAD) :].view(3, ECE_BINS).unbind(0)
+
+
+def calibration_record(
+    test_probs: torch.Tensor,
+    test_logits: torch.Tensor,
+    test_labels: torch.Tensor,
+    held_out: tuple[torch.Tensor, torch.Tensor] | None = None,
+    reduce: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    no_fit_reason: str = NO_HELD_OUT,
+) -> dict:
+    """One model's calibration: test metrics and reliability of `test_probs` (this rank's
+    share; `reduce` sums the shares' sums over the ranks); with `held_out` (logits, labels of
+    the whole held-out split) the temperature fitted there and the test metrics and reliability
+    of softmax(test_logits / T); without, temperature None and `no_fit_reason`."""
+
+    def summed(probs):
+        sums = probability_sums(probs, test_labels)
+        sums = sums if reduce is None else reduce(sums)
+        return {"metrics": metrics_from_sums(sums), "reliability": reliability_from_sums(sums)}
+
+    record = {"binning": BINNING, **summed(test_probs)}
+    if held_out is None:
+        return {**record, "temperature": None, "scaled": None, "reason": no_fit_reason}
+    fit = fit_temperature(*held_out)
+    return {
+        **record,
+        "temperature": fit.temperature,
+        "held_out_nll": {"at_1": fit.nll_before, "at_t": fit.nll_after},
+        "scaled": summed(scaled_probabilities(test_logits, fit.temperature)),
+        "reason": fit.reason,
+    }

@@ -7,22 +7,27 @@ The training loop knows a collector only through these calls:
     after_step(model)          after every SGD step (an EMA updates here; must not sync host and
                                device, it runs in the hot loop)
     after_epoch(model, epoch)  after every 0-based epoch (SWA and SWAG collect here when due)
-    evaluations()              what to evaluate now: Evaluation(key, module, refresh_bn, extra);
-                               none before anything has been collected
-    final_metrics(evaluate)    extra summary entries computed once at the end of the run (a SWAG
-                               posterior's Bayesian model average); {} by default
+    evaluations()              what to evaluate now: Evaluation(key, module, refresh_bn, extra,
+                               keep_rng), evaluated in the list's order; none before anything
+                               has been collected
+    final_metrics(end)         once at the end of the run: extra summary entries (a SWAG
+                               posterior's Bayesian model average), {} by default; `end`
+                               (swa_repro.run_end.RunEnd) evaluates, calibrates and exports models
     identical_tensors()        what must be bitwise equal on every rank (checked at checkpoints)
     state_dict() / load_state_dict(state)   what a checkpoint carries for a bitwise resume
 
 A new averaged model subclasses Collector, overrides what it needs and is listed by
 `build_collectors`; the loop is not edited. Evaluating an Evaluation means: a BN refresh of its
-module over the training stream (when refresh_bn), then the test metrics, recorded as
+module over the training stream (when refresh_bn; with keep_rng the global RNG, which a model
+with dropout draws from, is restored afterwards), then the test metrics, recorded as
 "<key>_test_<metric>" plus `extra` (e.g. n_averaged).
+
+The collectors of a run, in order (build_collectors): "swa" (SWA runs), "swag" (SWA runs with
+swag.collect: shares the SWA mean, so it comes after it), "ema_<decay>" for each of ema.decays.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
@@ -30,6 +35,8 @@ from omegaconf import DictConfig
 from torch import nn
 
 from swa_repro.averaging import is_averaging_epoch, make_averaged_model
+from swa_repro.budgets import budget_epochs
+from swa_repro.distributed import Distributed
 
 
 @dataclass
@@ -40,6 +47,7 @@ class Evaluation:
     module: nn.Module
     refresh_bn: bool = True  # recompute BN statistics over the training stream first
     extra: dict = field(default_factory=dict)  # recorded as they are (e.g. {"n_averaged": 5})
+    keep_rng: bool = False  # restore the global RNG after the BN refresh (collectors added later)
 
 
 class Collector:
@@ -60,8 +68,9 @@ class Collector:
         """The models to evaluate now (after an epoch, when the loop evaluates)."""
         return []
 
-    def final_metrics(self, evaluate: Callable[[nn.Module], dict]) -> dict:
-        """Summary entries computed once at the end; `evaluate(module)` = BN refresh + test metrics."""
+    def final_metrics(self, end) -> dict:
+        """Summary entries computed once at the end; `end.evaluate(module)` = BN refresh + test
+        metrics, `end.finish_model(key, module)` = calibration and weights export."""
         return {}
 
     def identical_tensors(self) -> list[torch.Tensor]:
@@ -104,6 +113,10 @@ class SWA(Collector):
         n = self.n_averaged
         return [Evaluation("swa", self.average, extra={"n_averaged": n})] if n else []
 
+    def final_metrics(self, end) -> dict:
+        end.finish_model("swa", self.average.module, n_averaged=self.n_averaged)
+        return {}
+
     def identical_tensors(self) -> list[torch.Tensor]:
         return list(self.average.parameters())
 
@@ -114,12 +127,20 @@ class SWA(Collector):
         self.average.load_state_dict(state)
 
 
-def build_collectors(cfg: DictConfig, model: nn.Module) -> list[Collector]:
+def build_collectors(
+    cfg: DictConfig, model: nn.Module, dist: Distributed | None = None
+) -> list[Collector]:
     """The collectors a run's config asks for, in the order they update and are evaluated."""
+    from swa_repro.ema import EMA  # (they subclass Collector: imported here, not at the top)
+    from swa_repro.swag_collector import SwagCollector
+
     collectors: list[Collector] = []
     method = cfg.method
     if method.swa:
-        collectors.append(
-            SWA(model, method.swa_start, method.swa_c_epochs, method.swa_include_start)
-        )
+        swa = SWA(model, method.swa_start, method.swa_c_epochs, method.swa_include_start)
+        collectors.append(swa)
+        if cfg.swag.collect:
+            collectors.append(SwagCollector(swa, cfg.swag))
+    eval_epochs = None if cfg.ema.eval == "every" else {*budget_epochs(cfg), cfg.epochs}
+    collectors += [EMA(model, decay, eval_epochs, dist) for decay in cfg.ema.decays]
     return collectors

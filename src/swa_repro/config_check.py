@@ -29,6 +29,7 @@ METHOD_NAMES = ("sgd", "swa")
 SCHEDULE_NAMES = ("constant", "cyclic", "paper")
 LOGGER_NAMES = ("none", "wandb")
 CIFAR_CLASSES = {"cifar10": 10, "cifar100": 100}
+CIFAR_TRAIN_IMAGES = 50_000
 
 
 class ConfigError(ValueError):
@@ -54,6 +55,11 @@ MOMENTUM: Rule = ("a number in [0, 1)", lambda v: is_number(v) and 0 <= v < 1)
 FRACTION: Rule = ("a fraction in [0, 1]", lambda v: is_number(v) and 0 <= v <= 1)
 BN_INIT: Rule = (f"one of {', '.join(BN_WEIGHT_INITS)}", lambda v: v in BN_WEIGHT_INITS)
 LIST: Rule = ("a list such as [1, 2]", lambda v: isinstance(v, ListConfig | list | tuple))
+SCALE: Rule = ("a finite positive number", lambda v: is_number(v) and 0 < v < math.inf)
+
+
+def one_of(*names: str) -> Rule:
+    return (f"one of {', '.join(names)}", lambda v: v in names)
 
 
 def at_least(minimum: int) -> Rule:
@@ -82,6 +88,18 @@ RULES: dict[str, Rule] = {
     "checkpoint.keep_every": at_least(0),
     "checkpoint.keep_epochs": LIST,
     "method.budget_readings": LIST,
+    "data.val_size": at_least(0),
+    "ema.decays": LIST,
+    "ema.eval": one_of("budgets", "every"),
+    "swag.collect": BOOLEAN,
+    "swag.low_rank": BOOLEAN,
+    "swag.deviations_on_cpu": BOOLEAN,
+}
+SWAG_RULES = {
+    "swag.max_rank": at_least(2),  # low-rank SWAG only: its 1 / sqrt(K - 1) needs K >= 2
+    "swag.samples": POSITIVE_INT,
+    "swag.scale": SCALE,
+    "swag.scale_diag": SCALE,
 }
 SWA_RULES = {
     "method.swa_lr": POSITIVE,
@@ -120,6 +138,13 @@ def check_rules(cfg, rules: dict[str, Rule]) -> None:
         check(OmegaConf.select(cfg, key), key, rule)
 
 
+def check_values(values: dict, rules: dict[str, Rule]) -> None:
+    """check() of each value given by its dotted key, in the order of `rules`."""
+    for key, rule in rules.items():
+        if key in values:
+            check(values[key], key, rule)
+
+
 def check_int(value, key: str, minimum: int = 1) -> None:
     """ConfigError naming `key` unless `value` is an integer >= minimum (a bool is not)."""
     check(value, key, POSITIVE_INT if minimum == 1 else at_least(minimum))
@@ -147,6 +172,9 @@ def validate_config(cfg) -> None:
     check_rules(cfg, SCHEDULE_RULES[cfg.schedule.name])
     _check_cycle(cfg)
     _check_data(cfg)
+    check_ema_decays(cfg.ema.decays)
+    swag = cfg.swag
+    check_swag_settings(swag.max_rank, swag.samples, swag.scale, swag.scale_diag, swag.low_rank)
     _check_model(cfg)
     check_device(cfg.device)
     if cfg.resume != "auto" and not Path(cfg.resume).is_file():
@@ -198,10 +226,27 @@ def _check_data(cfg) -> None:
         raise ConfigError(
             f"data.num_classes={data.num_classes} does not match {data.name} ({expected} classes)"
         )
+    _check_val_size(cfg)
     if kind != "synthetic" and Path(data.root).expanduser().is_file():
         holds = "train/ and val/" if kind == "imagenet" else "the data"
         raise ConfigError(
             f"data.root={data.root} is a file; it must be the folder that holds {holds}"
+        )
+
+
+def _check_val_size(cfg) -> None:
+    """The held-out split must leave at least one training batch; ImageNet has none."""
+    held_out, name = cfg.data.val_size, cfg.data.name
+    if held_out and name == "imagenet":
+        raise ConfigError(
+            "data.val_size is not available for imagenet (its val/ folder is the test set); "
+            "set data.val_size=0"
+        )
+    train = cfg.data.train_size if name == "synthetic" else CIFAR_TRAIN_IMAGES
+    if held_out and train - held_out < cfg.optim.batch_size:
+        raise ConfigError(
+            f"data.val_size={held_out} leaves {train - held_out} of {train} training images, "
+            f"fewer than one batch (optim.batch_size={cfg.optim.batch_size})"
         )
 
 
@@ -274,12 +319,10 @@ def resolve_device(device: str) -> torch.device:
 def check_swag_settings(max_rank, samples, scale, scale_diag, low_rank: bool = True) -> None:
     """ConfigError naming the first bad `swag.*` key (max_rank matters only with low-rank SWAG:
     it needs K >= 2 deviations for its 1 / sqrt(K - 1))."""
+    values = {"swag.samples": samples, "swag.scale": scale, "swag.scale_diag": scale_diag}
     if low_rank:
-        check_int(max_rank, "swag.max_rank", minimum=2)
-    check_int(samples, "swag.samples")
-    for value, key in ((scale, "swag.scale"), (scale_diag, "swag.scale_diag")):
-        if not is_number(value) or not 0 < value < math.inf:
-            raise ConfigError(f"{key} must be a finite positive number, got {value!r}")
+        values["swag.max_rank"] = max_rank
+    check_values(values, SWAG_RULES)
 
 
 def check_ema_decays(decays) -> None:

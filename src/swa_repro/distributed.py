@@ -138,6 +138,12 @@ class Distributed:
             for buffer in model.buffers():
                 torch_dist.broadcast(buffer, src=0)
 
+    def broadcast(self, tensors: list[torch.Tensor]) -> None:
+        """Give every rank rank 0's values of `tensors` (in place)."""
+        if self.enabled:
+            for tensor in tensors:
+                torch_dist.broadcast(tensor, src=0)
+
     def barrier(self) -> None:
         if self.enabled:
             torch_dist.barrier()

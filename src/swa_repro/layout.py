@@ -10,6 +10,12 @@
         checkpoints/last.prev.pt  the one before, the fallback when last.pt is damaged
         checkpoints/next.pt    a complete new checkpoint between its two renames
         checkpoints/epoch_NNNN.pt kept states (budget epochs, checkpoint.keep_epochs)
+        calibration.json       every final model's test metrics, temperature fit and
+                               reliability-diagram numbers (swa_repro.run_end)
+        weights/<model>.safetensors   the final models: sgd, swa, ema_<decay>, swag (weights.py)
+        posterior/<checkpoint>/       a SWAG model average (swa_repro.posterior): state.pt
+                               (resumable), posterior.json, calibration.json; posterior/last is
+                               the one at the end of the run
     <runs>/analyses/<data>/<model>/seed<seed>/     the figure analyses of a setup (analyses_dir)
 
 The training configs' `name` key resolves through `${run_name:...}` (registered by
@@ -54,6 +60,12 @@ class RunPaths:
         self.last = self.checkpoints / "last.pt"
         self.previous = self.checkpoints / "last.prev.pt"
         self.incoming = self.checkpoints / "next.pt"
+        self.calibration = root / "calibration.json"
+        self.weights = root / "weights"
+
+    def posterior(self, checkpoint: str = "last") -> Path:
+        """The folder of the SWAG model average of checkpoints/<checkpoint>.pt."""
+        return self.root / "posterior" / checkpoint
 
     def kept(self, epoch: int) -> Path:
         """The checkpoint kept at the end of (1-based) epoch `epoch`."""

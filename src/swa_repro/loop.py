@@ -20,11 +20,16 @@ or the run deadlocks. Their order, per epoch:
      step), then `dist.any(non-finite loss)`; if stopping there: the epoch totals' all-reduce,
      the BN-buffer broadcast, then the checkpoint's gathers (random states, weight digests) and
      a barrier;
-  3. after the pass: BN-buffer broadcast, the epoch totals' all-reduce;
+  3. after the pass: BN-buffer broadcast, the epoch totals' all-reduce; then each collector's
+     after_epoch in order (an EMA broadcasts its averaged BN buffers);
   4. when evaluating: the SGD model's metric sums, then for each collector's evaluation in
      order its BN-refresh statistics and its metric sums;
   5. `dist.any(stop)`; when checkpointing, the gathers of 2; when stopping, a barrier.
-The start's evaluation (eval_at_start) and each collector's final metrics reduce like 4.
+The start's evaluation (eval_at_start) reduces like 4. At the end (finish, swa_repro.run_end):
+for the SGD model, then each collector's final models in order, the test sums of its calibration
+(and with a held-out split: the gather of its held-out logits, the temperature-scaled sums);
+for a SWAG posterior, per sample and variant: BN-refresh statistics, test sums (held-out sums),
+the gather of the average's state; then the calibration of each variant as above.
 """
 
 from __future__ import annotations
@@ -39,15 +44,15 @@ from omegaconf import DictConfig
 from tqdm.auto import tqdm
 
 from swa_repro import report
-from swa_repro.bn_refresh import refresh_bn
 from swa_repro.budgets import budget_reading, is_eval_epoch, make_summary
 from swa_repro.collectors import Collector, Evaluation
 from swa_repro.data.stream import TrainStream
 from swa_repro.distributed import Distributed
+from swa_repro.evaluator import Evaluator
 from swa_repro.fast import Speed
 from swa_repro.logger import NullLogger
-from swa_repro.metrics import evaluate
 from swa_repro.preemption import StopRequest
+from swa_repro.run_end import RunEnd
 from swa_repro.run_files import RunFiles
 from swa_repro.state import TrainState, checkpoint_of, zero_totals
 
@@ -259,19 +264,16 @@ def collect(run: Run, epoch: int) -> None:
 
 def test_metrics(run: Run, module: torch.nn.Module) -> dict[str, float]:
     """Test-set metrics of `module` (sharded over the ranks and summed)."""
-    batches = run.data.test_batches(run.speed.eval_batch_size or run.cfg.eval_batch_size)
-    with run.speed.autocast(run.device):
-        return evaluate(module, batches, reduce=run.dist.all_reduce_sum)
+    return Evaluator.of_run(run).test_metrics(module)
 
 
 def refreshed_metrics(run: Run, evaluation: Evaluation, epoch: int) -> dict[str, float]:
     """Test metrics of an averaged model, after recomputing its BN statistics over the
     training stream of `epoch` when the evaluation asks for it."""
+    evaluator = Evaluator.of_run(run)
     if evaluation.refresh_bn:
-        images = run.bn_stream.inputs("bn_refresh", epoch, run.cfg.bn_refresh_images)
-        with run.speed.autocast(run.device):
-            refresh_bn(evaluation.module, images, run.dist.all_reduce_sum)
-    return test_metrics(run, evaluation.module)
+        evaluator.refresh(evaluation.module, epoch, keep_rng=evaluation.keep_rng)
+    return evaluator.test_metrics(evaluation.module)
 
 
 def evaluate_start(run: Run) -> None:
@@ -355,20 +357,21 @@ def stop_here(run: Run, where: str, saved: bool = False) -> None:
 
 
 def finish(run: Run) -> dict:
-    """The summary (with each collector's final metrics), written by rank 0."""
+    """The summary, written by rank 0: the final SGD model's and the collectors' metrics (their
+    final_metrics: the SWAG model average), every final model's calibration (calibration.json)
+    and weights (weights/*.safetensors)."""
+    end = RunEnd.of_run(run)
+    end.finish_model("sgd", run.model)
     final = {}
     for collector in run.collectors:
-        final.update(collector.final_metrics(lambda module: refreshed_final(run, module)))
+        final.update(collector.final_metrics(end))
     summary = make_summary(run.cfg, run.data.name, run.state, run.schedule, len(run.stream),
                            run.elapsed(), final)  # fmt: skip
+    summary["calibration"] = end.summary()
     if run.dist.is_main:
+        end.write_calibration(run.files.calibration)
         run.files.write_summary(summary)
         readings = summary["budgets"].items()
         run.logger.summary({f"budget_{lb}/{k}": v for lb, r in readings for k, v in r.items()})
         run.logger.convergence_figure(run.files.root)
     return summary
-
-
-def refreshed_final(run: Run, module: torch.nn.Module) -> dict[str, float]:
-    """BN refresh over the last epoch's stream, then test metrics (for final_metrics)."""
-    return refreshed_metrics(run, Evaluation("final", module), run.cfg.epochs - 1)

@@ -17,6 +17,15 @@ def metrics_table(rows: list[tuple[str, dict]], width: int = 30) -> str:
     return "\n".join(lines)
 
 
+def model_label(key: str) -> str:
+    """How a final model's key reads in tables: SWA, EMA 0.999, EMA 0.999 avg BN (the ablation
+    with averaged BN buffers, no refresh), SWAG-Diag, SWAG."""
+    if key.startswith("ema_"):
+        decay, _, ablation = key.removeprefix("ema_").partition("_")
+        return f"EMA {decay}" + (" avg BN" if ablation == "bnavg" else "")
+    return {"swag_diag": "SWAG-Diag", "swag": "SWAG"}.get(key, key.upper())
+
+
 def header(run) -> str:
     """One line: data, model, method with the terms of the schedule actually used, seed,
     device, run directory."""
@@ -66,7 +75,8 @@ def closing_rows(summary: dict) -> list[tuple[str, dict]]:
         if key == "sgd" or metrics is None or (key == "swa" and read_at_end):
             continue
         if all(k in metrics for k in ("acc", "nll", "ece")):
-            rows.append((f"{key.upper()} (final, ep {summary['epochs']})", metrics))
+            when = "ep" if key.endswith("_bnavg") else "final, ep"
+            rows.append((f"{model_label(key)} ({when} {summary['epochs']})", metrics))
     return rows
 
 

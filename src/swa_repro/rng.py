@@ -8,6 +8,7 @@ python; dropout uses torch's) are captured in every checkpoint and restored on r
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import random
 
@@ -68,3 +69,16 @@ def _as_tuples(value):
     if isinstance(value, list | tuple):
         return tuple(_as_tuples(v) for v in value)
     return value
+
+
+@contextlib.contextmanager
+def rng_kept(device: torch.device, seed: int | None = None):
+    """Inside: the global torch RNG of the CPU and of `device` (a GPU's), seeded with `seed` when
+    given; on exit both are restored, as if nothing had drawn from them."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        if seed is not None:
+            torch.default_generator.manual_seed(seed)
+            if devices:
+                torch.cuda.manual_seed(seed)
+        yield

@@ -49,7 +49,14 @@ RESUME_FREE_KEYS = {
 # key did (ANY: the key cannot matter to an existing run; bn_weight_init only draws initial
 # weights, which a run that has a checkpoint takes from there).
 ANY = object()
-KEYS_ADDED_LATER = {"method.swa_include_start": False, "model.bn_weight_init": ANY}
+# ema and swag: a run saved before them continues without those collectors (state.restore).
+KEYS_ADDED_LATER = {
+    "method.swa_include_start": False,
+    "model.bn_weight_init": ANY,
+    "data.val_size": 0,
+    "ema": ANY,
+    "swag": ANY,
+}
 
 
 def setup_run(runs: str, setup: str, method: str, seed: int) -> str:

@@ -26,6 +26,7 @@ from swa_repro.rng import capture_rng_state, restore_rng_state
 
 STATE_KEYS = ("epoch", "step", "totals", "metrics", "readings", "elapsed_s", "logger_run_id")
 CHECKPOINT_KEYS = {*STATE_KEYS, "model", "optimizer", "collectors", "rng", "rng_ranks", "config"}
+LATER_COLLECTORS = ("ema_", "swag")  # added to the project after the first runs were saved
 
 
 def zero_totals() -> list:
@@ -84,14 +85,20 @@ def check_checkpoint(saved: dict) -> None:
 def restore(run, saved: dict) -> TrainState:
     """Load `saved` into the run's modules, optimiser, collectors and random state; returns the
     TrainState to continue from. A checkpoint of another run (resume=PATH, saved["own"] false)
-    gives its weights, optimiser state and position, not its history."""
+    gives its weights, optimiser state and position, not its history. The run's own checkpoint
+    saved before a collector existed (an EMA or SWAG collector, LATER_COLLECTORS) continues
+    without that collector."""
     check_checkpoint(saved)
     try:
         run.model.load_state_dict(saved["model"])
         run.optimizer.load_state_dict(saved["optimizer"])
-        for collector in run.collectors:
+        for collector in list(run.collectors):
             if collector.name in saved["collectors"]:
                 collector.load_state_dict(saved["collectors"][collector.name])
+            elif saved["own"] and collector.name.startswith(LATER_COLLECTORS):
+                run.collectors.remove(collector)
+                if run.dist.is_main:
+                    print(f"note: {saved['path']} has no {collector.name}: continuing without it")
             elif saved["own"]:
                 raise KeyError(f"no state of the averaged model {collector.name!r}")
     except (RuntimeError, ValueError, KeyError) as exc:

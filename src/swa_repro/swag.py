@@ -201,6 +201,28 @@ class Swag:
         swag.load_state_dict(state)
         return swag
 
+    @classmethod
+    def from_moments(
+        cls,
+        sq_mean: Tensors,
+        count: int,
+        max_rank: int,
+        deviations: Tensors | None = None,
+        deviation_device: torch.device | str | None = None,
+    ) -> Swag:
+        """A posterior from its second moment, count and (optionally) the chronological
+        deviations, (K, numel) per parameter tensor oldest first (chronological_deviations())."""
+        swag = cls(sq_mean, max_rank, deviations is not None, deviation_device)
+        swag.count = int(count)
+        _copy_into(swag.sq_mean, sq_mean, "sq_mean")
+        if deviations is not None:
+            slots = torch.tensor(swag._chronological_slots(), dtype=torch.long)
+            for ring, rows in zip(swag.deviations, deviations, strict=True):
+                if rows.shape != (swag.rank, ring.shape[1]):
+                    raise CheckpointError("SWAG deviations do not fit the model's parameters")
+                ring[slots.to(ring.device)] = rows.to(ring.device, ring.dtype)
+        return swag
+
     def _chronological_slots(self) -> list[int]:
         first = self.count - self.rank
         return [(first + j) % self.max_rank for j in range(self.rank)]

@@ -5,7 +5,10 @@
 POINT (the N-th occurrence, 1-based, counted over this process):
     step     a training step: the N-th call of F.cross_entropy with grad enabled
              (evaluation calls run under no_grad and are not counted); fires before the loss
-    bn       the N-th BN refresh of the SWA model, after its first batch went through
+    bn       the N-th BN refresh of the SWA model (an AveragedModel: not an EMA's or a posterior
+             sample's), after its first batch went through
+    sample   the N-th posterior sample of the SWAG model average at the end of the run (Swag.draw),
+             before it is drawn
     write    the N-th checkpoint file write (swa_repro.checkpoint.save_checkpoint): fires after
              half of the payload reached the temporary file, before the digest and the rename
     rename   the N-th `os.replace(next.pt, last.pt)` in RunFiles.save_rolling: fires after
@@ -30,11 +33,14 @@ from pathlib import Path
 
 import torch
 import torch.nn.functional as F
+from torch.optim.swa_utils import AveragedModel
 
 import swa_repro.checkpoint
 import swa_repro.data
+import swa_repro.evaluator
 import swa_repro.loop
 import swa_repro.run_files
+import swa_repro.swag
 import swa_repro.train
 
 WAIT_LIMIT_S = 60.0
@@ -47,7 +53,7 @@ def parse(argv: list[str]) -> tuple[str, int, str, Path | None, str | None, list
     action = head[1]
     marker = Path(head[head.index("--marker") + 1]) if "--marker" in head else None
     rank = head[head.index("--rank") + 1] if "--rank" in head else None
-    if point not in ("step", "bn", "write", "rename"):
+    if point not in ("step", "bn", "sample", "write", "rename"):
         raise SystemExit(f"crash_run: unknown point {point!r}")
     if action not in ("kill", "TERM", "USR1", "USR2", "wait", "fail"):
         raise SystemExit(f"crash_run: unknown action {action!r}")
@@ -104,10 +110,10 @@ def main() -> None:
         F.cross_entropy = cross_entropy
 
     elif point == "bn":
-        real_refresh = swa_repro.loop.refresh_bn
+        real_refresh = swa_repro.evaluator.refresh_bn
 
         def refresh_bn(model, batches, *rest):
-            if not hit():
+            if not isinstance(model, AveragedModel) or not hit():
                 return real_refresh(model, batches, *rest)
 
             def interrupted():
@@ -118,7 +124,17 @@ def main() -> None:
 
             return real_refresh(model, interrupted(), *rest)
 
-        swa_repro.loop.refresh_bn = refresh_bn
+        swa_repro.evaluator.refresh_bn = refresh_bn
+
+    elif point == "sample":
+        real_draw = swa_repro.swag.Swag.draw
+
+        def draw(self, *args, **kwargs):
+            if hit():
+                fire()
+            return real_draw(self, *args, **kwargs)
+
+        swa_repro.swag.Swag.draw = draw
 
     elif point == "write":
 

@@ -143,6 +143,8 @@ def stored_weights(state: dict, which: str) -> dict[str, torch.Tensor]:
         held = ", ".join(["model", *averaged])
         raise ValueError(f"unknown selector {which!r}: the checkpoint holds {held}")
     weights = state["model"] if which == "model" else averaged[which]
+    if "sq_mean" in weights:
+        raise ValueError(f"{which} is a posterior, not one weight vector (its mean is swa)")
     if "n_averaged" in weights and int(weights["n_averaged"]) == 0:
         raise ValueError(f"the checkpoint holds no {which} yet (averaging had not begun)")
     return {k.removeprefix("module."): v for k, v in weights.items() if k != "n_averaged"}

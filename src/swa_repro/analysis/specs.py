@@ -3,7 +3,8 @@
 run checkpoint (checkpoints/last.pt, checkpoints/epoch_NNNN.pt):
     model      the SGD iterate
     swa        the running SWA average (refused when nothing has been averaged yet); any
-               other averaged model of the run by its name (swa_repro.collectors)
+               other averaged model of the run by its name (swa_repro.collectors), e.g.
+               ema_0.999 (swag is a posterior, not a point: its mean is swa)
 FGE samples file (written by the fge analysis, a checkpoint with "vectors"):
     K          sample K (0-based)
     mean       the equal-weight average of all samples (their SWA solution)

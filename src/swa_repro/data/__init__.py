@@ -1,9 +1,10 @@
 """Data sets (CIFAR-10/100, synthetic, ImageNet) and their batch streams.
 
 The training loop sees every data set through the same few calls (`open_data`):
-name, num_classes, train_size, test_size, train_stream(batch_size) (a stream with len(),
-batches(purpose, epoch, start_step) and inputs(purpose, epoch, limit)) and
-test_batches(batch_size), each giving this rank's part in a distributed run.
+name, num_classes, train_size, test_size, val_size, train_stream(batch_size) (a stream with
+len(), batches(purpose, epoch, start_step) and inputs(purpose, epoch, limit)),
+test_batches(batch_size) and (val_size > 0: CIFAR and synthetic data) val_batches(batch_size),
+each giving this rank's part in a distributed run.
 """
 
 from __future__ import annotations
@@ -11,7 +12,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from swa_repro.data.cifar import load_cifar
-from swa_repro.data.splits import DataError, Splits
+from swa_repro.data.splits import DataError, Splits, hold_out
 from swa_repro.data.stream import Normalizer, TrainStream, eval_batches
 from swa_repro.data.synthetic import make_synthetic
 
@@ -30,7 +31,12 @@ __all__ = [
 
 
 def load_data(cfg) -> Splits:
-    """The splits named by a data config (conf/data/*.yaml), on CPU."""
+    """The splits named by a data config (conf/data/*.yaml), on CPU, with data.val_size training
+    images held out (splits.hold_out)."""
+    return hold_out(load_all(cfg), cfg.get("val_size", 0))
+
+
+def load_all(cfg) -> Splits:
     if cfg.name == "synthetic":
         return make_synthetic(
             cfg.num_classes,
@@ -60,6 +66,7 @@ class DeviceData:
         )  # fmt: skip
         self.name, self.num_classes = splits.name, splits.num_classes
         self.train_size, self.test_size = len(splits.train_y), len(splits.test_y)
+        self.val_size = splits.val_size
 
     def train_stream(self, batch_size: int) -> TrainStream:
         s = self.splits
@@ -70,6 +77,11 @@ class DeviceData:
     def test_batches(self, batch_size: int):
         s = self.splits
         return eval_batches(s.test_x, s.test_y, batch_size, self.normalize, self.rank, self.world)
+
+    def val_batches(self, batch_size: int):
+        """The held-out split, as test_batches (unaugmented, this rank's share)."""
+        s = self.splits
+        return eval_batches(s.val_x, s.val_y, batch_size, self.normalize, self.rank, self.world)
 
 
 def open_data(cfg, device, rank: int = 0, world: int = 1, on_main=None):
