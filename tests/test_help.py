@@ -75,7 +75,10 @@ def test_help_exits_0(entry, monkeypatch, capsys):
 
 
 def test_plot_scripts_are_all_covered():
-    assert PLOT_SCRIPTS == ["convergence", "fge", "line", "plane", "rays", "trajectory"]
+    assert PLOT_SCRIPTS == [
+        "around", "convergence", "fge", "line", "plane", "rays", "reliability", "spectrum",
+        "trajectory",
+    ]  # fmt: skip
 
 
 def test_analysis_help_lists_every_analysis_with_one_line(capsys):
@@ -92,10 +95,11 @@ def test_no_analysis_named_is_usage_and_list_then_error_exit_2(capsys):
     assert analysis.main([]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert err[0] == f"usage: {usage.USAGE}"
-    assert err[-1] == "error: no analysis named; choose one of fge, line, plane, rays, trajectory"
+    names = "fge, line, plane, rays, trajectory, hessian, sharpness, around"
+    assert err[-1] == f"error: no analysis named; choose one of {names}"
     assert analysis.main(["nope"]) == 2
     assert capsys.readouterr().err.strip().splitlines() == [
-        "error: analysis name 'nope' unknown; choose one of fge, line, plane, rays, trajectory"
+        f"error: analysis name 'nope' unknown; choose one of {names}"
     ]
 
 

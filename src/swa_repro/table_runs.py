@@ -77,7 +77,7 @@ def check_models(table: str, dataset: str, models: list[str]) -> None:
 
 @functools.cache
 def _composed(experiment: str, extra: tuple[str, ...]) -> DictConfig:
-    from swa_repro.train import compose_config  # Hydra's compose: only when a run is looked at
+    from swa_repro.compose import compose_config  # Hydra's compose: only when a run is looked at
 
     return compose_config([f"experiment={experiment}", *extra])
 
