@@ -41,3 +41,21 @@ def test_every_protocol_fact_has_a_source_tag():
     tags = ("[CODE", "[DOC", "[2ND", "[UNVERIFIED", "[this repository", "[estimate")
     untagged = [b.splitlines()[0] for b in facts if not any(t in b for t in tags)]
     assert not untagged, untagged
+
+
+def readme_block(name: str) -> str:
+    text = (REPO / "README.md").read_text()
+    return text.split(f"<!-- {name} -->", 1)[1].split(f"<!-- /{name} -->", 1)[0]
+
+
+def test_readme_layout_names_every_module_script_config_group_and_doc():
+    """The README's layout map cannot drift from the tree: every module of src/swa_repro (and of
+    its packages), every plot script, config group and doc is named in it."""
+    layout = readme_block("layout")
+    src = REPO / "src" / "swa_repro"
+    names = [p.name for p in src.rglob("*.py") if not p.name.startswith("__")]
+    names += [p.name for p in (REPO / "plots").glob("*.py")]
+    names += [f"{p.name}/" for p in (REPO / "conf").iterdir() if p.is_dir()]
+    names += [p.stem for p in (REPO / "docs").glob("*.md")]
+    missing = [name for name in names if name.removesuffix(".py") not in layout]
+    assert not missing, f"README layout does not name: {missing}"
