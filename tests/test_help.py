@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from swa_repro import aggregate, bench, demo, figures, sweep
+from swa_repro import aggregate, bench, demo, figures, posterior, sweep
 from swa_repro import train as swa_train
 from swa_repro.analysis import __main__ as analysis
 from swa_repro.analysis import usage
@@ -52,6 +52,7 @@ ENTRY_POINTS = {
     "aggregate": (lambda mp: aggregate.main(["--help"]), "usage:"),
     "figures": (lambda mp: figures.main(["--help"]), "usage:"),
     "demo": (lambda mp: demo.main(["--help"]), "usage: python -m swa_repro.demo"),
+    "posterior": (lambda mp: posterior.main(["--help"]), "usage: python -m swa_repro.posterior"),
     "bench": (with_argv(bench.main, "python -m swa_repro.bench"), "usage:"),
     "analysis": (lambda mp: analysis.main(["--help"]), "usage: python -m swa_repro.analysis"),
     **{

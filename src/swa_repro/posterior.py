@@ -342,6 +342,11 @@ def command_inputs(argv: list[str]) -> dict:
 def main(argv: list[str]) -> None:
     from swa_repro.run_end import RunEnd  # which runs model_average: imported here, not above
 
+    if "--help" in argv or "-h" in argv:
+        print("usage: " + __doc__.split("\n\n", 1)[1].split("\n\n", 1)[0].strip())
+        print("\n" + __doc__.split("\n", 1)[0])
+        print("Every key is described in docs/beyond_paper.md; --help: this text.")
+        return
     given = command_inputs(argv)
     cfg, out, settings = given["cfg"], given["out"], given["settings"]
     dist = Distributed.from_env(cfg.device)
