@@ -36,6 +36,7 @@ from swa_repro.analysis.flatness import (
     compute_sharpness,
     origin_buffers,
     origin_points,
+    origin_specs,
 )
 from swa_repro.analysis.hessian import (
     HessianOperator,
@@ -59,6 +60,7 @@ from swa_repro.analysis.sharpness import (
     sam_sharpness,
     worst_sharpness,
 )
+from swa_repro.checkpoint import load_checkpoint, save_checkpoint
 from swa_repro.compose import compose_config
 from swa_repro.train import train
 
@@ -395,6 +397,32 @@ def subset_loss(ctx, vector, images: int, seed: int = 0) -> float:
     return float(nn.functional.cross_entropy(logits, ctx.data.train_y[index]))
 
 
+def test_ema_origins_are_the_emas_the_checkpoint_holds(ctx, run_dir, specs, tmp_path):
+    last = run_dir / "checkpoints" / "last.pt"
+    cfg = OmegaConf.create({"origins": specs, "ema_checkpoint": str(last)})
+    found = origin_specs(cfg)
+    assert list(found) == ["SGD", "SWA", "EMA 0.99", "EMA 0.995"]  # the run's ema.decays
+    points, state = origin_points(found, ctx.model), load_checkpoint(last)
+    for decay in ("0.99", "0.995"):
+        saved = state["collectors"][f"ema_{decay}"]  # EMA.state_dict(): "module.<parameter>"
+        expected = torch.cat(
+            [saved[f"module.{n}"].reshape(-1) for n, _ in ctx.model.named_parameters()]
+        )
+        torch.testing.assert_close(points[f"EMA {decay}"], expected, rtol=0, atol=0)
+    assert not torch.equal(points["EMA 0.99"], points["SWA"])
+    # a checkpoint without EMAs, or none named: SGD and SWA only
+    collectors = {k: v for k, v in state["collectors"].items() if not k.startswith("ema_")}
+    save_checkpoint({**state, "collectors": collectors}, tmp_path / "no_ema.pt")
+    for checkpoint in (str(tmp_path / "no_ema.pt"), None):
+        assert list(origin_specs(OmegaConf.merge(cfg, {"ema_checkpoint": checkpoint}))) == [
+            "SGD",
+            "SWA",
+        ]
+    # an origin the config names itself is not measured twice
+    named = OmegaConf.merge(cfg, {"origins": {"EMA 0.99": f"{last}:ema_0.99"}})
+    assert list(origin_specs(named)) == ["SGD", "SWA", "EMA 0.99", "EMA 0.995"]
+
+
 def test_hessian_of_two_origins(ctx, run_dir, origins, hessian_full):
     res, p = hessian_full, 77850
     assert list(res["origins"]) == ["SGD", "SWA"] and res["done"].all()
@@ -595,7 +623,9 @@ def test_cli_hessian_and_sharpness_write_their_files(run_dir, tmp_path, capsys):
     assert main(["hessian", *_common(run_dir, tmp_path), *small]) == 0
     assert f"results in {tmp_path / 'hessian.npz'}" in capsys.readouterr().out
     saved = _load(tmp_path / "hessian.npz")
-    assert saved["done"].all() and list(saved["origins"]) == ["SWA", "SGD"]
+    # the defaults add the EMAs of the SWA run's last checkpoint (ema_checkpoint)
+    assert saved["done"].all()
+    assert list(saved["origins"]) == ["SWA", "SGD", "EMA 0.99", "EMA 0.995"]
     assert np.isfinite(saved["test_acc_own_bn"]).all()
     config = json.loads(str(saved["config"]))
     assert config["settings"]["origins"]["SGD"].endswith("last.pt:model")
@@ -603,7 +633,7 @@ def test_cli_hessian_and_sharpness_write_their_files(run_dir, tmp_path, capsys):
     sharp = ["images=4", "batch_size=4", "rho_avg=[0.1]", "rho_max=[1.0]", "rho_sam=[0.05]",
              "avg_samples=2", "max_steps=2"]  # fmt: skip
     assert main(["sharpness", *_common(run_dir, tmp_path), *sharp]) == 0
-    assert _load(tmp_path / "sharpness.npz")["s_max"].shape == (2, 1)
+    assert _load(tmp_path / "sharpness.npz")["s_max"].shape == (4, 1)
 
 
 def test_configs_document_their_keys():
