@@ -572,8 +572,7 @@ def markdown(result: dict) -> str:
             f"| derived: 21 x 21 plane | {d['plane_21x21_s']['ours']:.0f} s "
             f"| {d['plane_21x21_s']['reference']:.0f} s | x{d['plane_21x21_s']['ratio']:.2f} |",
         ]
-        if "hessian" in model:  # JSONs written before the flatness analyses lack it
-            lines.append(hessian_line(model["hessian"]))
+        lines += [hessian_line(model["hessian"])] if "hessian" in model else []  # older lack it
         if (settings["train_size"], settings["test_size"]) != (CIFAR_TRAIN, CIFAR_TEST):
             # a point's passes (BN refresh, train and test evaluation) scale with the data
             full = (2 * CIFAR_TRAIN + CIFAR_TEST) / (
