@@ -872,6 +872,16 @@ def test_figures_flatness_steps_in_process(figure_runs, tmp_path, monkeypatch):
     assert f"no {layout.analysis_file(figure_runs, figs.setup, 0, 'rays')}" in text
 
 
+def test_figures_unknown_flatness_sizes_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        figures.main(["--runs", str(tmp_path / "runs"), "--flatness", "huge"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --flatness must be one of paper, demo, smoke, got 'huge'"
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
 def test_figures_subsets_fit_the_training_set(figure_runs, tmp_path):
     figs = figures_of(figure_runs, tmp_path)
     figs.args.flatness = "demo"

@@ -193,6 +193,7 @@ def test_markdown_keeps_the_two_rho_grids_apart_and_lists_what_is_missing(tmp_pa
         (["--width-rise", "nan"], None, "--width-rise must be a number > 0"),
         (["--models", "resnet50"], None, "'resnet50' has no table1 experiment configs"),
         (["--seeds", "0,x"], None, "seeds must be comma-separated integers"),
+        (["--width-metric", "loss"], None, "--width-metric must be one of train_loss, "),
         ([], ("hessian", b"not an npz"), "hessian.npz is not a readable .npz"),
         ([], ("rays", None), "rays.npz has no origins, done, distances, config"),
         (["--width-metric", "train_err"], None, "rays.npz has no train_err (--width-metric)"),

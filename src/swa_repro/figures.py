@@ -263,7 +263,6 @@ def parse_args(argv: list[str] | None) -> Figures:
     )
     parser.add_argument(
         "--flatness",
-        choices=sorted(FLATNESS),
         default=None,
         help="sizes of the hessian, sharpness and around analyses: paper (their defaults, "
         "51 x 51 planes), demo (small subsets, the default with --demo), smoke (tests)",
@@ -300,6 +299,8 @@ def with_defaults(args: argparse.Namespace) -> Figures:
         args.setup = "synthetic/small_cnn"
     if args.setup.count("/") != 1:
         raise ConfigError(f"--setup must be <dataset>/<model>, got {args.setup!r}")
+    if args.flatness not in FLATNESS:
+        raise ConfigError(f"--flatness must be one of {', '.join(FLATNESS)}, got {args.flatness!r}")
     args.out = args.out or Path("figures") / args.setup.replace("/", "_")
     runs = args.runs or Path("runs/demo" if args.demo else "runs")
     return Figures(runs, args.setup, args.seed, args)

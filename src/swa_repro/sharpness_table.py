@@ -360,8 +360,7 @@ def main(argv: list[str], default_out: Path) -> None:
     parser.add_argument(
         "--width-metric",
         default=Width.metric,
-        choices=METRICS,
-        help="the rays' metric of the width",
+        help=f"the rays' metric of the width: {', '.join(METRICS)}",
     )
     parser.add_argument(
         "--width-rise",
@@ -370,6 +369,10 @@ def main(argv: list[str], default_out: Path) -> None:
         help="the rise above the solution's value that ends the width (> 0, in the metric's unit)",
     )
     args = parser.parse_args(argv)
+    if args.width_metric not in METRICS:
+        raise ConfigError(
+            f"--width-metric must be one of {', '.join(METRICS)}, got {args.width_metric!r}"
+        )
     if not (math.isfinite(args.width_rise) and args.width_rise > 0):
         raise ConfigError(f"--width-rise must be a number > 0, got {args.width_rise:g}")
     models = args.models.split(",") if args.models else table_models("table1", args.dataset)
