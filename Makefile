@@ -117,9 +117,13 @@ aggregate: install
 	$(PY) -m swa_repro.aggregate table2 --dataset imagenet --runs $(RUNS) --readme README.md --extra "$(EXTRA)"
 	$(PY) -m swa_repro.aggregate uncertainty --dataset cifar100 --runs $(RUNS)
 	$(PY) -m swa_repro.aggregate uncertainty --dataset cifar10 --runs $(RUNS)
+	$(PY) -m swa_repro.aggregate sharpness --dataset cifar100 --runs $(RUNS)
 
 # Every figure of the paper from the Table 1 runs (PreResNet164, CIFAR-100, seed 0 by default),
-# and the reliability diagrams of SGD, an EMA, SWA, SWAG-Diag and SWAG (plots/reliability.py).
+# after a plan with the analyses' GPU-hour estimate; beyond the paper the Hessian spectra, the
+# filter-normalised planes (51 x 51) and the flatness table of SGD, each EMA and SWA
+# (docs/flatness.md), and the reliability diagrams of SGD, an EMA, SWA, SWAG-Diag and SWAG
+# (plots/reliability.py).
 FIGURE_SETUP ?= cifar100/preresnet164
 FIGURE_RUNS = $(RUNS)/$(FIGURE_SETUP)
 figures: install
@@ -128,7 +132,8 @@ figures: install
 		$(FIGURE_RUNS)/swa/seed0:swa,ema_0.9998,swag_diag,swag \
 		--out figures/$(subst /,_,$(FIGURE_SETUP))/reliability.png
 
-# The same end to end on the demo's synthetic runs (trained if missing), small grids, CPU.
+# The same end to end on the demo's synthetic runs (trained if missing), small grids and
+# subsets (--flatness demo), CPU; the flatness table as markdown beside the figures.
 figures-demo: install
 	$(PY) -m swa_repro.figures --demo
 	$(PY) plots/reliability.py runs/demo/synthetic/small_cnn/sgd/seed0:sgd,ema_0.99 \

@@ -26,6 +26,8 @@ FIGURES = [
     "fig2_trajectories",
     "line_swa_sgd",
     "widths_rays",
+    "hessian_spectrum",
+    "around_filter_normalised",
 ]
 
 
@@ -33,7 +35,7 @@ def test_figures_demo_end_to_end_and_idempotent(tmp_path):
     runs, out = tmp_path / "runs", tmp_path / "figures"
     command = [
         sys.executable, "-m", "swa_repro.figures", "--demo", "--runs", str(runs), "--out", str(out),
-        "--extra", TINY, "--grid", "3", "--device", "cpu",
+        "--flatness", "smoke", "--extra", TINY, "--grid", "3", "--device", "cpu",
     ]  # fmt: skip
     env = {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     first = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)
@@ -55,6 +57,8 @@ def test_figures_demo_end_to_end_and_idempotent(tmp_path):
         assert list(plane["point_names"][:3]) == ["epoch 15", "SGD", "SWA"]
     with np.load(data / "trajectory_cyclic.npz") as trajectory:
         assert list(trajectory["trajectory_epochs"]) == list(range(16, 21))
+    table = out / "sharpness_synthetic.md"  # the flatness table beside the figures
+    assert str(table) in first.stdout and "| SWA |" in table.read_text()
 
     # a second invocation trains and computes nothing, and redraws the same figures
     second = subprocess.run(command, capture_output=True, text=True, env=env, timeout=600)

@@ -8,9 +8,11 @@ tiny synthetic run on CPU, their command line and the two plot scripts.
 
 from __future__ import annotations
 
+import argparse
 import dataclasses
 import json
 import math
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -23,6 +25,7 @@ from omegaconf import OmegaConf
 from torch import nn
 from torch.func import functional_call
 
+from swa_repro import analysis_cost, figures, layout
 from swa_repro.analysis import flatness
 from swa_repro.analysis.__main__ import ANALYSIS_CONF_DIR, EXIT_USER_ERROR, main
 from swa_repro.analysis.common import AnalysisError
@@ -36,6 +39,7 @@ from swa_repro.analysis.flatness import (
     compute_sharpness,
     origin_buffers,
     origin_points,
+    origin_specs,
 )
 from swa_repro.analysis.hessian import (
     HessianOperator,
@@ -59,7 +63,11 @@ from swa_repro.analysis.sharpness import (
     sam_sharpness,
     worst_sharpness,
 )
+from swa_repro.checkpoint import load_checkpoint, save_checkpoint
+from swa_repro.cli import read_yaml
 from swa_repro.compose import compose_config
+from swa_repro.config_check import ConfigError
+from swa_repro.layout import RunPaths
 from swa_repro.train import train
 
 # --------------------------------------------------------------------------- a tiny BN network
@@ -395,6 +403,32 @@ def subset_loss(ctx, vector, images: int, seed: int = 0) -> float:
     return float(nn.functional.cross_entropy(logits, ctx.data.train_y[index]))
 
 
+def test_ema_origins_are_the_emas_the_checkpoint_holds(ctx, run_dir, specs, tmp_path):
+    last = run_dir / "checkpoints" / "last.pt"
+    cfg = OmegaConf.create({"origins": specs, "ema_checkpoint": str(last)})
+    found = origin_specs(cfg)
+    assert list(found) == ["SGD", "SWA", "EMA 0.99", "EMA 0.995"]  # the run's ema.decays
+    points, state = origin_points(found, ctx.model), load_checkpoint(last)
+    for decay in ("0.99", "0.995"):
+        saved = state["collectors"][f"ema_{decay}"]  # EMA.state_dict(): "module.<parameter>"
+        expected = torch.cat(
+            [saved[f"module.{n}"].reshape(-1) for n, _ in ctx.model.named_parameters()]
+        )
+        torch.testing.assert_close(points[f"EMA {decay}"], expected, rtol=0, atol=0)
+    assert not torch.equal(points["EMA 0.99"], points["SWA"])
+    # a checkpoint without EMAs, or none named: SGD and SWA only
+    collectors = {k: v for k, v in state["collectors"].items() if not k.startswith("ema_")}
+    save_checkpoint({**state, "collectors": collectors}, tmp_path / "no_ema.pt")
+    for checkpoint in (str(tmp_path / "no_ema.pt"), None):
+        assert list(origin_specs(OmegaConf.merge(cfg, {"ema_checkpoint": checkpoint}))) == [
+            "SGD",
+            "SWA",
+        ]
+    # an origin the config names itself is not measured twice
+    named = OmegaConf.merge(cfg, {"origins": {"EMA 0.99": f"{last}:ema_0.99"}})
+    assert list(origin_specs(named)) == ["SGD", "SWA", "EMA 0.99", "EMA 0.995"]
+
+
 def test_hessian_of_two_origins(ctx, run_dir, origins, hessian_full):
     res, p = hessian_full, 77850
     assert list(res["origins"]) == ["SGD", "SWA"] and res["done"].all()
@@ -595,7 +629,9 @@ def test_cli_hessian_and_sharpness_write_their_files(run_dir, tmp_path, capsys):
     assert main(["hessian", *_common(run_dir, tmp_path), *small]) == 0
     assert f"results in {tmp_path / 'hessian.npz'}" in capsys.readouterr().out
     saved = _load(tmp_path / "hessian.npz")
-    assert saved["done"].all() and list(saved["origins"]) == ["SWA", "SGD"]
+    # the defaults add the EMAs of the SWA run's last checkpoint (ema_checkpoint)
+    assert saved["done"].all()
+    assert list(saved["origins"]) == ["SWA", "SGD", "EMA 0.99", "EMA 0.995"]
     assert np.isfinite(saved["test_acc_own_bn"]).all()
     config = json.loads(str(saved["config"]))
     assert config["settings"]["origins"]["SGD"].endswith("last.pt:model")
@@ -603,7 +639,7 @@ def test_cli_hessian_and_sharpness_write_their_files(run_dir, tmp_path, capsys):
     sharp = ["images=4", "batch_size=4", "rho_avg=[0.1]", "rho_max=[1.0]", "rho_sam=[0.05]",
              "avg_samples=2", "max_steps=2"]  # fmt: skip
     assert main(["sharpness", *_common(run_dir, tmp_path), *sharp]) == 0
-    assert _load(tmp_path / "sharpness.npz")["s_max"].shape == (2, 1)
+    assert _load(tmp_path / "sharpness.npz")["s_max"].shape == (4, 1)
 
 
 def test_configs_document_their_keys():
@@ -726,3 +762,169 @@ def test_plot_bad_input_is_one_line(tmp_path):
         "missing.npz: no such file; expected an .npz of python -m swa_repro.analysis hessian"
     )
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- figures' steps, costs
+
+
+class PassCounter:
+    """Images through the model by kind of pass (analysis_cost): refresh (train mode), gradient
+    (autograd on), forward (the rest)."""
+
+    def __init__(self, model: nn.Module):
+        self.counts = dict.fromkeys(("forward", "refresh", "gradient"), 0)
+        self.handle = model.register_forward_hook(self.hook)
+
+    def hook(self, module, inputs, output):
+        kind = (
+            "refresh" if module.training else "gradient" if torch.is_grad_enabled() else "forward"
+        )
+        self.counts[kind] += len(inputs[0])
+
+
+def test_counted_passes_are_the_passes_the_analyses_make(ctx, origins, tmp_path):
+    """analysis_cost's counts of sharpness and around against the images that go through the
+    model (the training set is 96 images)."""
+    for compute, settings, counted in (
+        (compute_sharpness, SHARPNESS, analysis_cost.sharpness(SHARPNESS, 96)),
+        (compute_around, AROUND, analysis_cost.around(AROUND, 96)),
+    ):
+        counter = PassCounter(ctx.model)
+        try:
+            compute(ctx, origins, tmp_path / f"{compute.__name__}.npz", settings, progress=False)
+        finally:
+            counter.handle.remove()
+        expected = counted * len(origins)
+        assert counter.counts == {k: getattr(expected, k) for k in counter.counts}
+    assert expected.hvp == 0
+    # hessian: every Hessian-vector product is counted, ARPACK's by assumption (EIGSH_PRODUCTS)
+    s, o = HESSIAN, analysis_cost.hessian(HESSIAN, 96, 64)
+    products = (2 * analysis_cost.EIGSH_PRODUCTS + s.top_k + 1 + s.probes) * s.images
+    assert o.hvp == products + s.density_runs * s.density_steps * s.density_images
+    assert (o.forward, o.refresh) == (2 * 64 + s.images, 96)
+    rates = analysis_cost.Rates(forward=10, refresh=20, gradient=5, hvp=1, basis="")
+    assert rates.seconds(analysis_cost.Passes(100, 40, 10, 3)) == 10 + 2 + 2 + 3
+
+
+def test_rates_from_flop_counts_or_a_benchmark():
+    flops = analysis_cost.flop_rates(macs=1e6, tflops=2.0)
+    assert (flops.forward, flops.gradient) == (1e6, 2e12 / 6e6)
+    assert flops.hvp == flops.gradient / analysis_cost.HVP_OVER_GRADIENT
+    rates = {"eval_images_per_s": 900.0, "bn_refresh_images_per_s": 800.0,
+             "train_images_per_s": 300.0, "hvp_over_gradient": 2.0}  # fmt: skip
+    bench = {"path": Path("bench_gpu_faithful.json"), "device": "H100", "rates": {"m": rates},
+             "speed": {"channels_last": False, "bf16": False, "tf32": False, "compile": False,
+                       "eval_batch_size": None, "bn_refresh_batch_size": None}}  # fmt: skip
+    measured = analysis_cost.measured_rates(bench, "m")
+    assert (measured.forward, measured.refresh, measured.gradient, measured.hvp) == (
+        900.0, 800.0, 300.0, 150.0,
+    )  # fmt: skip
+    assert "measured by bench_gpu_faithful.json on H100" in measured.basis
+    assert analysis_cost.measured_rates(bench, "other") is None
+    fast = {**bench, "speed": {**bench["speed"], "bf16": True}}  # not how the analyses run
+    assert analysis_cost.measured_rates(fast, "m") is None
+
+
+@pytest.fixture(scope="module")
+def figure_runs(run_dir, tmp_path_factory):
+    """The tiny SWA run where the layout puts the demo's SWA run, as figures looks for it."""
+    runs = tmp_path_factory.mktemp("figure_runs") / "runs"
+    shutil.copytree(run_dir, layout.run_dir(runs, "synthetic", "small_cnn", "swa", 0))
+    return runs
+
+
+def figures_of(runs, out, **sizes) -> figures.Figures:
+    args = argparse.Namespace(flatness="smoke", out=out, **sizes)
+    return figures.Figures(runs, "synthetic/small_cnn", 0, args)
+
+
+def test_figures_flatness_steps_in_process(figure_runs, tmp_path, monkeypatch):
+    figs = figures_of(figure_runs, tmp_path / "figures")
+    swa_run, commands = RunPaths(figs.run_dir("swa")), []
+
+    def in_process(command):
+        commands.append(command[3])
+        assert command[1:3] == ["-m", "swa_repro.analysis"] and main(command[3:]) == 0
+
+    monkeypatch.setattr(figures, "run", in_process)
+    base = [f"runs={figure_runs}", "setup=synthetic/small_cnn", "run_seed=0", "device=cpu",
+            f"out_dir={figs.data_dir}", "progress=false"]  # fmt: skip
+    figures.flatness_analyses(figs, base, swa_run, f"{swa_run.last}:model", 96)
+    assert commands == ["hessian", "sharpness", "around"]
+    for name, preset in figures.FLATNESS["smoke"].items():
+        saved = _load(layout.analysis_file(figure_runs, figs.setup, 0, name))
+        assert saved["done"].all(), name
+        assert sorted(saved["origins"]) == ["EMA 0.99", "EMA 0.995", "SGD", "SWA"], name
+        stored = json.loads(str(saved["config"]))[name]  # the settings hashed, as run
+        for key, value in preset.items():
+            if key != "batch_size" or name == "sharpness":  # speed only elsewhere: not stored
+                assert stored[key] == (list(value) if isinstance(value, tuple) else value)
+    figures.flatness_analyses(figs, base, swa_run, f"{swa_run.last}:model", 96)
+    assert len(commands) == 3  # complete: nothing computed again
+    hessian = layout.analysis_file(figure_runs, figs.setup, 0, "hessian")
+    assert figures.complete(hessian, ["batch_size=99"])  # speed only
+    with pytest.raises(ConfigError, match="was computed with probes=2, not 3"):
+        figures.complete(hessian, ["probes=3"])
+    text = figures.flatness_table(figs).read_text()  # markdown beside the figures
+    assert figures.flatness_table(figs) == tmp_path / "figures" / "sharpness_synthetic.md"
+    rows = [line.split(" | ")[0] for line in text.splitlines() if line.startswith("| ")]
+    assert rows == ["| solution", "| SGD", "| EMA 0.99", "| EMA 0.995", "| SWA"]
+    assert f"no {layout.analysis_file(figure_runs, figs.setup, 0, 'rays')}" in text
+
+
+def test_figures_unknown_flatness_sizes_are_one_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as info:
+        figures.main(["--runs", str(tmp_path / "runs"), "--flatness", "huge"])
+    assert info.value.code == 2
+    assert capsys.readouterr().err.strip().splitlines() == [
+        "error: --flatness must be one of paper, demo, smoke, got 'huge'"
+    ]
+    assert not (tmp_path / "runs").exists()
+
+
+def test_figures_subsets_fit_the_training_set(figure_runs, tmp_path):
+    figs = figures_of(figure_runs, tmp_path)
+    figs.args.flatness = "demo"
+    settings = figures.flatness_settings(figs, 100)
+    assert settings["hessian"]["images"] == 100 and settings["around"]["images"] == 100
+    assert settings["hessian"]["density_images"] == 100 and settings["sharpness"]["images"] == 100
+    assert figures.flatness_settings(figs, 5000)["around"]["images"] == 1000
+    assert figures.FLATNESS["paper"]["around"] == {"grid_points": 51}  # Li et al.'s planes
+
+
+def test_figures_plan_counts_every_analysis_and_prints_gpu_hours(figure_runs, tmp_path, capsys):
+    sizes = {"grid": 3, "line_points": 5, "rays_directions": 2, "rays_distances": 4}
+    figs = figures_of(figure_runs, tmp_path, **sizes)
+    cfg = read_yaml(RunPaths(figs.run_dir("swa")).config, "run config")  # 96 train, 64 test
+    passes = figures.planned(figs, 2, cfg, cfg)
+    point = analysis_cost.Passes(forward=96 + 64, refresh=96)
+    assert passes["plane"] == passes["plane_fge"] == passes["trajectory_cyclic"] == point * 9
+    assert passes["line"] == point * 5
+    assert passes["rays"] == point * (4 * 2 * 4)  # SGD, SWA and the two EMAs
+    assert passes["fge"] == analysis_cost.Passes(gradient=6 * 96) + point * 3  # at least 6 epochs
+    smoke = {n: figures.FLATNESS_SETTINGS[n](**s) for n, s in figures.FLATNESS["smoke"].items()}
+    assert (
+        passes["hessian"]
+        == analysis_cost.Passes(
+            forward=2 * 64 + 16, refresh=96, hvp=(2 * analysis_cost.EIGSH_PRODUCTS + 4) * 16 + 3 * 8
+        )
+        * 4
+    )
+    assert (
+        passes["sharpness"]
+        == analysis_cost.Passes(forward=16 * (1 + 3 + 2 + 2), refresh=96, gradient=16 * 2) * 4
+    )  # train metrics; base + 2 draws; 1 Auto-PGD step + its base; SAM and its base
+    assert passes["around"] == analysis_cost.around(smoke["around"], 96) * 4
+    figures.print_plan(figs, passes, cfg)
+    out = capsys.readouterr().out.splitlines()
+    assert "FLOPs at an assumed 30 TFLOP/s" in out[0]
+    rates = analysis_cost.flop_rates(figures.macs_per_image("small_cnn", 10))
+    done = {line.split()[0]: line.split()[1:] for line in out[1:-1]}
+    # the hessian.npz of the in-process test, when it ran first, is done; the rest is to do
+    for name, counted in passes.items():
+        state, hours = done[name][0], float(done[name][-2])
+        if state == "to":
+            assert hours == pytest.approx(rates.seconds(counted) / 3600, rel=1e-2)
+        else:
+            assert (state, hours) == ("done", 0.0)
+    assert out[-1].startswith("  about ") and "GPU-hours left" in out[-1]

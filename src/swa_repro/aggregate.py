@@ -4,6 +4,7 @@
     python -m swa_repro.aggregate fixed_lr --dataset cifar100
     python -m swa_repro.aggregate table2 --dataset imagenet
     python -m swa_repro.aggregate uncertainty --dataset cifar100   (swa_repro.uncertainty_table)
+    python -m swa_repro.aggregate sharpness --dataset cifar100     (swa_repro.sharpness_table)
 
 Rows: the models the data set's experiment configs define for the table (or --models).
 Reads the summary.json of each cell's runs (swa_repro.table_runs: the experiment's run
@@ -34,7 +35,7 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from swa_repro import REPO_ROOT, uncertainty_table
+from swa_repro import REPO_ROOT, sharpness_table, uncertainty_table
 from swa_repro.cli import check_output_folder, one_line_errors, parse_seeds, read_json, read_yaml
 from swa_repro.config_check import ConfigError
 from swa_repro.layout import RunPaths
@@ -343,7 +344,9 @@ def log_to_wandb(table: str, dataset: str, rows: list[dict]) -> None:
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
-        description="Aggregate runs into the paper's tables (with the paper's values beside ours)."
+        description="Aggregate runs into the paper's tables (with the paper's values beside ours).",
+        epilog="Tables beyond the paper, with their own options (TABLE --help): uncertainty "
+        "(SGD / EMA / SWA / SWAG with calibration), sharpness (the flatness analyses).",
     )
     parser.add_argument("table", choices=sorted(TABLES))
     parser.add_argument("--dataset", required=True, help="cifar10, cifar100, imagenet, synthetic")
@@ -433,6 +436,8 @@ def main(argv: list[str] | None = None) -> None:
     argv = sys.argv[1:] if argv is None else argv
     if argv[:1] == ["uncertainty"]:  # beyond the paper: its own module and options
         return uncertainty_table.main(argv[1:], PAPER_FILE, RESULTS_DIR)
+    if argv[:1] == ["sharpness"]:  # beyond the paper: the flatness analyses' numbers
+        return sharpness_table.main(argv[1:], RESULTS_DIR)
     code = run(argv)
     if code:
         sys.exit(code)

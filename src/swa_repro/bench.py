@@ -24,6 +24,10 @@ pipelines on the same synthetic CIFAR-shaped data (uint8 32x32 images, no downlo
   step; averaging by a per-parameter Python loop (param *= 1 - a; param += a * new); plane
   points evaluated one at a time, each with its own passes through the DataLoaders.
 
+Beside them, per model: the collectors' costs (collector_costs) and, for the flatness
+analyses, one Hessian-vector-product pass against one gradient pass over the same test images
+(hessian_cost: JSON "hessian", hvp_over_gradient; the goal is at most 2.5x).
+
 Each measurement is warmed up once (not timed; includes torch.compile and cuDNN autotuning),
 then timed `--repeats` times; the median is reported, with every repeat in the JSON. "ratio"
 is always the speed-up of ours over the reference (> 1: ours faster). Derived: the epoch time
@@ -54,6 +58,8 @@ from torch import nn
 
 from swa_repro import REPO_ROOT
 from swa_repro.analysis.common import POINTS_PER_PASS
+from swa_repro.analysis.flatness import HessianSettings
+from swa_repro.analysis.hessian import HessianOperator, data_gradient, rademacher
 from swa_repro.analysis.points import RunContext
 from swa_repro.averaging import make_averaged_model
 from swa_repro.bench_reference import (
@@ -408,7 +414,65 @@ def bench_model(
             repeats,
             log,
         ),  # fmt: skip
+        "hessian": hessian_cost(plain_copy(b), hessian_batches(b), device, repeats, log),
     }
+
+
+# --- the flatness analyses: a Hessian-vector product against a gradient ----------------------
+
+HVP_GOAL = 2.5  # a Hessian-vector-product pass at most this many gradient passes
+
+
+def plain_copy(b: ModelBench) -> nn.Module:
+    """The model as the analyses hold it: the architecture in fp32 with no speed options."""
+    model = build_model(b.name, NUM_CLASSES).to(b.device)
+    model.load_state_dict(b.ref_model.state_dict())
+    return model
+
+
+def hessian_batches(b: ModelBench) -> list:
+    """The test images, unaugmented, in the hessian analysis' default batches."""
+    size = HessianSettings.batch_size
+    return list(eval_batches(b.data.test_x, b.data.test_y, size, normalizer(b.device)))
+
+
+def hessian_cost(model: nn.Module, batches: list, device, repeats: int, log) -> dict:
+    """One Hessian-vector-product pass over `batches` as the hessian analysis computes it
+    (HessianOperator.matvec: eval mode, double backward, float64 accumulation) against one
+    gradient pass of the same loss over the same batches (hessian.data_gradient)."""
+    op = HessianOperator(model, batches)
+    v = rademacher(op.size, 0, "bench").to(device)
+    t_hvp = measure(lambda r: op.matvec(v), device, repeats)
+    t_grad = measure(lambda r: data_gradient(model, batches), device, repeats)
+    hvp, grad = statistics.median(t_hvp), statistics.median(t_grad)
+    cost = {
+        "images": op.total,
+        "batch_size": len(batches[0][1]),
+        "hvp_pass_s": hvp,
+        "gradient_pass_s": grad,
+        "hvp_over_gradient": hvp / grad,
+        "hvp_repeats": t_hvp,
+        "gradient_repeats": t_grad,
+        "target": target(
+            f"Hessian-vector-product pass <= {HVP_GOAL}x a gradient pass",
+            hvp / grad,
+            "<=",
+            HVP_GOAL,
+            device.type == "cuda",
+        ),  # fmt: skip
+    }
+    log(f"  hessian: {hessian_line(cost)}")
+    return cost
+
+
+def hessian_line(cost: dict) -> str:
+    """The markdown table's line of a hessian_cost entry."""
+    t = cost["target"]
+    return (
+        f"| Hessian-vector product / gradient pass ({cost['images']} images) "
+        f"| {cost['hvp_pass_s']:.3g} s / {cost['gradient_pass_s']:.3g} s "
+        f"| | x{cost['hvp_over_gradient']:.2f} (goal <= {t['threshold']:g}: {t_status(t)}) |"
+    )
 
 
 # --- the collectors beyond the paper (EMA, SWAG) and the SWAG model average --------------------
@@ -508,6 +572,7 @@ def markdown(result: dict) -> str:
             f"| derived: 21 x 21 plane | {d['plane_21x21_s']['ours']:.0f} s "
             f"| {d['plane_21x21_s']['reference']:.0f} s | x{d['plane_21x21_s']['ratio']:.2f} |",
         ]
+        lines += [hessian_line(model["hessian"])] if "hessian" in model else []  # older lack it
         if (settings["train_size"], settings["test_size"]) != (CIFAR_TRAIN, CIFAR_TEST):
             # a point's passes (BN refresh, train and test evaluation) scale with the data
             full = (2 * CIFAR_TRAIN + CIFAR_TEST) / (

@@ -10,11 +10,15 @@ skipped when its output is complete (interrupted grids and runs resume):
      SGD model at epoch 125". Two more continuations from that point, with a constant and a
      cyclical LR, keep every epoch: the trajectories of Figure 2 (LR values [UNVERIFIED]).
      They inherit the SGD run's saved settings (data, model, optimiser, speed), then --extra.
-  2. Analyses (python -m swa_repro.analysis): the plane through (epoch-125 model, SGD solution,
-     SWA solution) (Figure 1 middle/right); FGE from 0.8 of the SGD run and the plane through
-     three FGE samples with their mean (Figure 1 left); the SWA-SGD line; random rays from both
-     solutions; the two trajectory planes (Figure 2).
-  3. Every plot script draws into --out (PNG + PDF), and the paths are printed.
+  2. Analyses (python -m swa_repro.analysis), after a plan that lists each with its state and
+     an estimate of its GPU-hours (swa_repro.analysis_cost): the plane through (epoch-125 model,
+     SGD solution, SWA solution) (Figure 1 middle/right); FGE from 0.8 of the SGD run and the
+     plane through three FGE samples with their mean (Figure 1 left); the SWA-SGD line; random
+     rays from both solutions and from each EMA of the SWA run; the two trajectory planes
+     (Figure 2); beyond the paper (docs/flatness.md), hessian, sharpness and around (the
+     filter-normalised planes) at the SGD solution, SWA and each EMA, sized by --flatness.
+  3. Every plot script draws into --out (PNG + PDF), the flatness table of this seed is written
+     beside them as markdown (swa_repro.sharpness_table), and the paths are printed.
 """
 
 from __future__ import annotations
@@ -33,11 +37,18 @@ import yaml
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from swa_repro import REPO_ROOT, layout
+from swa_repro import REPO_ROOT, analysis_cost, layout, sharpness_table
+from swa_repro.analysis.flatness import (
+    AroundSettings,
+    HessianSettings,
+    SharpnessSettings,
+    ema_specs,
+)
 from swa_repro.cli import first_line, one_line_errors, read_yaml, table_runs_command
 from swa_repro.config_check import ConfigError, is_number
 from swa_repro.layout import RunPaths
-from swa_repro.run_files import RunFiles
+from swa_repro.run_files import RunFiles, write_text_atomic
+from swa_repro.sweep import load_bench, macs_per_image, split_sizes
 
 PAPER_SIZES = {
     "grid": 21,
@@ -45,6 +56,7 @@ PAPER_SIZES = {
     "rays_directions": 10,
     "rays_distances": 21,
     "line_points": 31,
+    "flatness": "paper",
 }
 DEMO_SIZES = {
     "grid": 7,
@@ -52,7 +64,34 @@ DEMO_SIZES = {
     "rays_directions": 3,
     "rays_distances": 7,
     "line_points": 13,
+    "flatness": "demo",
 }
+# The flatness analyses' settings by --flatness (keys of conf/analysis/<name>.yaml; a key not
+# given keeps its default there); subsets larger than the training set are cut to it.
+FLATNESS = {
+    # the defaults (hessian and around on the whole training set, sharpness on 1024 images),
+    # the filter-normalised planes 51 x 51 as Li et al.'s
+    "paper": {"hessian": {}, "sharpness": {}, "around": {"grid_points": 51}},
+    # a few CPU minutes: small subsets, eigsh stopped after 3 restarts (non-convergence reported)
+    "demo": {
+        "hessian": {"images": 128, "top_k": 3, "tol": 0.01, "maxiter": 3, "ncv": 8,
+                    "probes": 10, "density_images": 128, "density_runs": 2, "density_steps": 16},
+        "sharpness": {"images": 256, "avg_samples": 4, "max_steps": 5},
+        "around": {"images": 1000, "grid_points": 9},
+    },
+    # the least that runs every step (tests)
+    "smoke": {
+        "hessian": {"images": 16, "batch_size": 8, "top_k": 1, "tol": 0.1, "maxiter": 1,
+                    "ncv": 3, "probes": 2, "density_images": 8, "density_runs": 1,
+                    "density_steps": 3, "density_points": 50},
+        "sharpness": {"images": 16, "batch_size": 8, "rho_avg": (0.1,), "rho_max": (1.0,),
+                      "rho_sam": (0.05,), "avg_samples": 2, "max_steps": 1},
+        "around": {"images": 16, "grid_points": 2},
+    },
+}  # fmt: skip
+FLATNESS_SETTINGS = {"hessian": HessianSettings, "sharpness": SharpnessSettings,
+                     "around": AroundSettings}  # fmt: skip
+FGE_CYCLE_EPOCHS = 2  # conf/analysis/fge.yaml's cycle_epochs (one sample per cycle)
 
 
 def run(command: list[str]) -> None:
@@ -77,6 +116,8 @@ def complete(npz: Path, overrides: list[str]) -> bool:
         raise ConfigError(
             f"{npz} is not a readable analysis file ({type(exc).__name__}); move it away to recompute"
         ) from None
+    own = saved.get(str(saved.get("analysis")))  # the flatness analyses' settings section
+    saved = own if isinstance(own, dict) else saved  # (beside it: the run's, not the analysis')
     for key, text in (o.split("=", 1) for o in overrides if "=" in o):
         value = yaml.safe_load(text)
         if is_number(value) and key in saved and saved[key] != value:
@@ -221,6 +262,12 @@ def parse_args(argv: list[str] | None) -> Figures:
         "--line-points", type=int, default=None, help="points on the SWA-SGD line (31; demo 13)"
     )
     parser.add_argument(
+        "--flatness",
+        default=None,
+        help="sizes of the hessian, sharpness and around analyses: paper (their defaults, "
+        "51 x 51 planes), demo (small subsets, the default with --demo), smoke (tests)",
+    )
+    parser.add_argument(
         "--trajectory-cycle",
         default=None,
         help="a1,a2 of the cyclical trajectory (default swa_lr,swa_lr/10)",
@@ -252,6 +299,8 @@ def with_defaults(args: argparse.Namespace) -> Figures:
         args.setup = "synthetic/small_cnn"
     if args.setup.count("/") != 1:
         raise ConfigError(f"--setup must be <dataset>/<model>, got {args.setup!r}")
+    if args.flatness not in FLATNESS:
+        raise ConfigError(f"--flatness must be one of {', '.join(FLATNESS)}, got {args.flatness!r}")
     args.out = args.out or Path("figures") / args.setup.replace("/", "_")
     runs = args.runs or Path("runs/demo" if args.demo else "runs")
     return Figures(runs, args.setup, args.seed, args)
@@ -339,8 +388,9 @@ def analyses(
     analysis(
         "rays", data_dir / "rays.npz",
         [
-            f"origins.SWA={swa_point}", f"origins.SGD={sgd_point}", f"max_distance={args.rays_max_distance}",
-            f"n_directions={args.rays_directions}", f"n_distances={args.rays_distances}",
+            f"origins.SWA={swa_point}", f"origins.SGD={sgd_point}", f"ema_checkpoint={swa_run.last}",
+            f"max_distance={args.rays_max_distance}", f"n_directions={args.rays_directions}",
+            f"n_distances={args.rays_distances}",
         ],
         base,
     )  # fmt: skip
@@ -348,6 +398,29 @@ def analyses(
         trajectory = figs.run_dir(f"trajectory_{kind}")
         overrides = [f"run_dir={trajectory}", f"label={label}", *grid]
         analysis("trajectory", data_dir / f"trajectory_{kind}.npz", overrides, base)
+    flatness_analyses(figs, base, swa_run, sgd_point, split_sizes(sgd_cfg)[0])
+
+
+def flatness_settings(figs: Figures, n_train: int) -> dict[str, dict]:
+    """Analysis -> its settings of --flatness, subsets no larger than the `n_train` images."""
+    subsets = ("images", "density_images")
+    return {
+        name: {k: min(v, n_train) if k in subsets and v is not None else v for k, v in s.items()}
+        for name, s in FLATNESS[figs.args.flatness].items()
+    }
+
+
+def flatness_analyses(
+    figs: Figures, base: list[str], swa_run: RunPaths, sgd_point: str, n_train: int
+) -> None:
+    """hessian, sharpness and around (docs/flatness.md) at the SGD solution, SWA and each EMA of
+    the SWA run's last checkpoint (the EMAs of the iterates SWA averages)."""
+    origins = [f"origins.SGD={sgd_point}", f"origins.SWA={swa_run.last}:swa"]
+    origins.append(f"ema_checkpoint={swa_run.last}")
+    for name, settings in flatness_settings(figs, n_train).items():
+        overrides = [f"{key}={json.dumps(value)}" for key, value in settings.items()]
+        out = layout.analysis_file(figs.runs, figs.setup, figs.seed, name)
+        analysis(name, out, [*origins, *overrides], base)
 
 
 def fge_samples(figs: Figures, base: list[str], checkpoint: Path, epochs: int) -> None:
@@ -389,7 +462,76 @@ def draw(figs: Figures) -> list[Path]:
     written += plot("trajectory", trajectories, out / "fig2_trajectories.png")
     written += plot("line", [data_dir / "line.npz"], out / "line_swa_sgd.png")
     written += plot("rays", [data_dir / "rays.npz"], out / "widths_rays.png")
+    flatness = {
+        n: layout.analysis_file(figs.runs, figs.setup, figs.seed, n) for n in FLATNESS_SETTINGS
+    }
+    written += plot("spectrum", [flatness["hessian"]], out / "hessian_spectrum.png")
+    written += plot("around", [flatness["around"]], out / "around_filter_normalised.png")
     return written
+
+
+def flatness_table(figs: Figures) -> Path:
+    """The flatness table of this set-up and seed (swa_repro.sharpness_table) as markdown
+    beside the figures."""
+    path = figs.args.out / f"sharpness_{figs.dataset}.md"
+    text = sharpness_table.table_markdown(figs.dataset, figs.runs, [figs.model], [figs.seed])
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(path, text)
+    return path
+
+
+def planned(
+    figs: Figures, fge_start: int, sgd_cfg: DictConfig, swa_cfg: DictConfig
+) -> dict[str, analysis_cost.Passes]:
+    """The passes over the data of every analysis the figures run (swa_repro.analysis_cost),
+    by output file stem."""
+    args, (n, m) = figs.args, split_sizes(swa_cfg)
+    point, fge_epochs = analysis_cost.point(n, m), max(6, sgd_cfg.budget - fge_start)
+    origins = 2 + len(ema_specs(RunPaths(figs.run_dir("swa")).last))
+    flat = {
+        name: FLATNESS_SETTINGS[name](**settings)
+        for name, settings in flatness_settings(figs, n).items()
+    }
+    return {
+        "plane": point * args.grid**2,
+        "fge": analysis_cost.fge(fge_epochs, FGE_CYCLE_EPOCHS, n, m),
+        "plane_fge": point * args.grid**2,
+        "line": point * args.line_points,
+        "rays": point * (origins * args.rays_directions * args.rays_distances),
+        "trajectory_constant": point * args.grid**2,
+        "trajectory_cyclic": point * args.grid**2,
+        "hessian": analysis_cost.hessian(flat["hessian"], n, m) * origins,
+        "sharpness": analysis_cost.sharpness(flat["sharpness"], n) * origins,
+        "around": analysis_cost.around(flat["around"], n) * origins,
+    }
+
+
+def left_to_do(npz: Path) -> float:
+    """The fraction of an analysis output not yet computed (1 without a readable file)."""
+    try:
+        with np.load(npz) as data:
+            return 1.0 - float(np.mean(data["done"])) if "done" in data.files else 0.0
+    except Exception:  # missing or unreadable: the step itself says what is wrong
+        return 1.0
+
+
+def print_plan(figs: Figures, passes: dict[str, analysis_cost.Passes], cfg: DictConfig) -> None:
+    """Each analysis with its state and GPU-hours left, measured (the GPU benchmark JSON, where
+    it measured the model) or from FLOP counts."""
+    rates = analysis_cost.measured_rates(load_bench(None), cfg.model.name)
+    if rates is None:
+        image_size = cfg.data.get("image_size", 32)
+        macs = macs_per_image(cfg.model.name, cfg.data.num_classes, image_size)
+        rates = analysis_cost.flop_rates(macs)
+    print(f"analyses of the figures (GPU-hours left: {rates.basis}):")
+    total = 0.0
+    for name, counted in passes.items():
+        left = left_to_do(figs.data_dir / f"{name}.npz")
+        hours = left * rates.seconds(counted) / 3600
+        state = {0.0: "done", 1.0: "to do"}.get(left, f"{1 - left:.0%} done")
+        print(f"  {name:<20} {state:<9} {hours:10.3g} GPU-h")
+        total += hours
+    print(f"  about {total:.3g} GPU-hours left (training the figures' own runs not counted)")
 
 
 @one_line_errors
@@ -397,9 +539,10 @@ def main(argv: list[str] | None = None) -> None:
     figs = parse_args(argv)
     sgd_cfg, swa_cfg = table_runs(figs)
     start, fge_start = starting_points(figs, sgd_cfg, swa_cfg)
+    print_plan(figs, planned(figs, fge_start, sgd_cfg, swa_cfg), swa_cfg)
     sgd_solution = continuations(figs, start, sgd_cfg, swa_cfg)
     analyses(figs, start, fge_start, sgd_solution, sgd_cfg)
-    written = draw(figs)
+    written = [*draw(figs), flatness_table(figs)]
     print("\nfigures:")
     for path in written:
         print(f"  {path}")

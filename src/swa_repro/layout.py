@@ -16,7 +16,8 @@
         posterior/<checkpoint>/       a SWAG model average (swa_repro.posterior): state.pt
                                (resumable), posterior.json, calibration.json; posterior/last is
                                the one at the end of the run
-    <runs>/analyses/<data>/<model>/seed<seed>/     the figure analyses of a setup (analyses_dir)
+    <runs>/analyses/<data>/<model>/seed<seed>/     the figure analyses of a setup (analyses_dir):
+        <analysis>.npz         one per analysis (analysis_file: plane, rays, hessian, ...)
 
 The training configs' `name` key resolves through `${run_name:...}` (registered by
 swa_repro.run_files), so Hydra puts a run where this module says. Standard library only: the
@@ -44,6 +45,12 @@ def run_dir(runs: str | Path, data: str, model: str, method: str, seed: int) -> 
 def analyses_dir(runs: str | Path, setup: str, seed: int) -> Path:
     """Where the figure analyses of setup "<data>/<model>" (seed `seed`) keep their results."""
     return Path(runs) / "analyses" / setup / f"seed{seed}"
+
+
+def analysis_file(runs: str | Path, setup: str, seed: int, analysis: str) -> Path:
+    """The .npz of `python -m swa_repro.analysis <analysis>` in the figures' analyses folder
+    (its conf/analysis file's default `out`)."""
+    return analyses_dir(runs, setup, seed) / f"{analysis}.npz"
 
 
 class RunPaths:

@@ -72,12 +72,19 @@ def refreshes_bn(model_name: str, num_classes: int) -> bool:
     return has_batchnorm(build_model(model_name, num_classes))
 
 
+def split_sizes(cfg) -> tuple[int, int]:
+    """The run's training and test images (its data.train_size / test_size, or the data set's)."""
+    return (
+        cfg.data.get("train_size", TRAIN_IMAGES.get(cfg.data.name)),
+        cfg.data.get("test_size", TEST_IMAGES.get(cfg.data.name)),
+    )
+
+
 def run_images(cfg, epochs_done: int) -> tuple[int, int, int]:
     """Images trained, test-evaluated and BN-refreshed in the epochs after `epochs_done`,
     counting evaluations (and SWA evaluations with their BN refresh, once averaging has begun,
     if the model has BN layers) as train.py does."""
-    train_images = cfg.data.get("train_size", TRAIN_IMAGES.get(cfg.data.name))
-    test_images = cfg.data.get("test_size", TEST_IMAGES.get(cfg.data.name))
+    train_images, test_images = split_sizes(cfg)
     refresh_images = min(cfg.bn_refresh_images or train_images, train_images)
     readings_at = budget_epochs(cfg)
     evals = [
@@ -105,7 +112,11 @@ def load_bench(option: str | None) -> dict | None:
     bench = read_json(path, "--bench")
     try:
         rates = {
-            name: {k: m["measurements"][k]["ours"] for k in BENCH_RATES}
+            name: {
+                **{k: m["measurements"][k]["ours"] for k in BENCH_RATES},
+                # the flatness analyses' estimate (analysis_cost); JSONs before it lack it
+                "hvp_over_gradient": (m.get("hessian") or {}).get("hvp_over_gradient"),
+            }
             for name, m in bench["models"].items()
         }
         return {

@@ -105,7 +105,7 @@ def run_line(cfg: DictConfig) -> list[Path]:
 
 def run_rays(cfg: DictConfig) -> list[Path]:
     ctx = context(cfg)
-    origins = {str(name): load_point(spec, ctx.model) for name, spec in cfg.origins.items()}
+    origins = origin_points(origin_specs(cfg), ctx.model)
     compute_rays(
         ctx,
         origins,
@@ -198,7 +198,7 @@ ANALYSES = {
 
 
 POINT_KEYS = ("w0", "w1", "w2", "swa", "sgd")  # CHECKPOINT:SELECTOR
-PATH_KEYS = ("run_dir", "checkpoint")  # plain paths
+PATH_KEYS = ("run_dir", "checkpoint", "ema_checkpoint")  # plain paths (null: none)
 ERRORS = (
     AnalysisError,
     CheckpointError,
@@ -213,7 +213,7 @@ def inputs(cfg: DictConfig) -> list[Path]:
     """The run directory and checkpoints the analysis reads."""
     specs = [cfg[k] for k in POINT_KEYS if k in cfg]
     specs += [*cfg.get("origins", {}).values(), *cfg.get("extra", {}).values()]
-    paths = [str(cfg[k]) for k in PATH_KEYS if k in cfg]
+    paths = [str(cfg[k]) for k in PATH_KEYS if cfg.get(k) is not None]
     return [Path(p) for p in paths + [str(spec).rpartition(":")[0] for spec in specs]]
 
 

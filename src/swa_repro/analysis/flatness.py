@@ -2,7 +2,10 @@
 
 Each measures every origin (a named weight vector) on the same fixed data with the same seeded
 draws (start vectors, probes, noise, directions), so the numbers are paired between origins, and
-stores them unit by unit, resumably (origins.py). The mathematics: hessian.py, sharpness.py,
+stores them unit by unit, resumably (origins.py). The origins: those the config names
+(`origins`: by default the SGD solution and SWA), then every EMA collector of `ema_checkpoint`
+(by default the SWA run's last checkpoint: the EMAs of the same SGD iterates SWA averages), as
+"EMA <decay>"; a checkpoint without EMAs adds none. The mathematics: hessian.py, sharpness.py,
 directions.py. Settings are checked before any work; `batch_size` of hessian and around only
 changes memory and floating-point summation order (the loss is weighted by sample) and is not
 part of the inputs hash; sharpness' batch_size is (it treats every batch on its own).
@@ -65,8 +68,11 @@ from swa_repro.analysis.origins import (
 from swa_repro.analysis.points import RunContext
 from swa_repro.analysis.sharpness import average_sharpness, sam_sharpness, worst_sharpness
 from swa_repro.analysis.specs import load_buffers, load_point
+from swa_repro.checkpoint import load_checkpoint
 from swa_repro.config_check import check_int
 from swa_repro.metrics import evaluate
+
+EMA_PREFIX = "ema_"  # the EMA collectors' names in a run checkpoint: ema_<decay> (swa_repro.ema)
 
 
 def check_rhos(rhos: Sequence, key: str) -> tuple[float, ...]:
@@ -169,14 +175,28 @@ def settings_from(cls, cfg: DictConfig):
     return cls(**values)
 
 
+def ema_specs(checkpoint: str | Path | None) -> dict[str, str]:
+    """{"EMA <decay>": "CHECKPOINT:ema_<decay>"} for every EMA collector the run checkpoint holds,
+    by increasing decay; {} for None or a checkpoint without EMAs."""
+    if checkpoint is None:
+        return {}
+    held = load_checkpoint(checkpoint).get("collectors") or {}
+    decays = sorted((name.removeprefix(EMA_PREFIX) for name in held if name.startswith(EMA_PREFIX)),
+                    key=float)  # fmt: skip
+    return {f"EMA {decay}": f"{checkpoint}:{EMA_PREFIX}{decay}" for decay in decays}
+
+
 def origin_specs(cfg: DictConfig) -> dict[str, str]:
-    """cfg.origins as {name: CHECKPOINT:SELECTOR}; refused unless a non-empty mapping."""
+    """cfg.origins as {name: CHECKPOINT:SELECTOR} (refused unless a non-empty mapping), then the
+    EMAs of cfg.ema_checkpoint (ema_specs) not already named."""
     if not isinstance(cfg.origins, DictConfig) or not cfg.origins:
         raise AnalysisError(
             f"origins must map names to points (origins.NAME=CHECKPOINT:SELECTOR), "
             f"got {cfg.origins!r}"
         )
-    return {str(name): str(spec) for name, spec in cfg.origins.items()}
+    specs = {str(name): str(spec) for name, spec in cfg.origins.items()}
+    emas = ema_specs(cfg.get("ema_checkpoint"))
+    return {**specs, **{name: spec for name, spec in emas.items() if name not in specs}}
 
 
 def origin_points(specs: dict[str, str], model: torch.nn.Module) -> dict[str, torch.Tensor]:
