@@ -731,7 +731,8 @@ def test_sweep_dry_run_plan(tmp_path, capsys, monkeypatch, macs):
 def cpu_bench(tmp_path_factory) -> Path:
     """A real benchmark JSON: the demo model, faithful, at a tiny size on this CPU."""
     out = tmp_path_factory.mktemp("bench") / "bench.json"
-    args = ["--size=tiny", "--repeats=1", "--ref-workers=1", "--speed=faithful", f"--out={out}"]
+    args = ["--size=tiny", "--train-size=128", "--test-size=64", "--repeats=1", "--ref-workers=0",
+            "--speed=faithful", f"--out={out}"]  # fmt: skip
     bench.run(args, log=lambda line: None)
     return out
 

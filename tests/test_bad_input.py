@@ -1,8 +1,10 @@
 """Bad input stops the run before any epoch: non-zero exit (2 for our checks) and a one-line
 "error: ..." on stderr, no checkpoints.
 
-Pure configuration checks run in-process through validate_config; a representative set
-(and everything touching data on disk or Hydra's own errors) goes through the real CLI.
+Pure configuration checks run in-process through validate_config; the command-line checks run
+the entry points' own functions in-process (train.cli for `python -m swa_repro.train`: the
+override checks, Hydra, train_and_report), and a representative few (data on disk, a
+multirun, two other entry points) through a real process.
 """
 
 import json
@@ -17,7 +19,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from swa_repro import layout
+from conftest import TINY_DATA, run_main, tiny
+from swa_repro import aggregate, bench, demo, figures, layout, sweep
+from swa_repro import train as swa_train
 from swa_repro.cli import EXIT_USER_ERROR
 from swa_repro.compose import compose_config
 from swa_repro.config_check import ConfigError, validate_config
@@ -25,11 +29,17 @@ from swa_repro.data import load_data
 from swa_repro.layout import RunPaths
 
 FAST = ["epochs=2", "budget=2", "method.swa_start=1", "progress=false"]
-FAST_SYNTHETIC = ["data.train_size=256", "data.test_size=128", *FAST]
+FAST_SYNTHETIC = tiny(*FAST, base=TINY_DATA)
 CIFAR10_FILES = [f"data_batch_{i}" for i in range(1, 6)] + ["test_batch"]
 
 
 def _run_cli(runs: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    """`python -m swa_repro.train OVERRIDES paths.runs=RUNS`, in-process (train.cli)."""
+    return run_main(swa_train.cli, [*overrides, f"paths.runs={runs}"])
+
+
+def _run_cli_process(runs: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    """The same through a real `python -m swa_repro.train` process."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
     return subprocess.run(
         [sys.executable, "-m", "swa_repro.train", *overrides, f"paths.runs={runs}"],
@@ -75,7 +85,7 @@ def _write_cifar10(root: Path, per_file: int = 4) -> Path:
 
 
 def test_cli_unimportable_model_target(tmp_path):
-    proc = _run_cli(tmp_path, [*FAST_SYNTHETIC, "model._target_=nosuch.nets.Net"])
+    proc = _run_cli_process(tmp_path, [*FAST_SYNTHETIC, "model._target_=nosuch.nets.Net"])
     line = _assert_user_error(proc, tmp_path)
     assert "model._target_=nosuch.nets.Net cannot be imported" in line
 
@@ -120,17 +130,7 @@ def test_cli_damaged_run_file_is_one_line_and_kept(tmp_path, damaged):
 
 
 def test_cli_swa_start_after_last_epoch(tmp_path):
-    proc = _run_cli(
-        tmp_path,
-        [
-            "data.train_size=256",
-            "data.test_size=128",
-            "epochs=2",
-            "budget=2",
-            "method.swa_start=3",
-            "progress=false",
-        ],
-    )
+    proc = _run_cli(tmp_path, tiny("epochs=2", "budget=2", "method.swa_start=3", base=TINY_DATA))
     line = _assert_user_error(proc, tmp_path)
     assert "method.swa_start" in line
 
@@ -154,7 +154,9 @@ def test_cli_missing_data_folder_without_download(tmp_path):
     empty = tmp_path / "empty"
     empty.mkdir()
     runs = tmp_path / "runs"
-    proc = _run_cli(runs, ["data=cifar10", f"data.root={empty}", "data.download=false", *FAST])
+    proc = _run_cli_process(
+        runs, ["data=cifar10", f"data.root={empty}", "data.download=false", *FAST]
+    )
     line = _assert_user_error(proc, runs)
     assert str(empty / "cifar-10-batches-py") in line
     assert "data.download" in line
@@ -253,14 +255,7 @@ def test_default_config_is_valid():
     ],
 )
 def test_validate_rejects(overrides, named):
-    base = [
-        "data.train_size=256",
-        "data.test_size=128",
-        "epochs=2",
-        "budget=2",
-        "method.swa_start=1",
-    ]
-    message = _config_error(_compose(*base, *overrides))
+    message = _config_error(_compose(*FAST_SYNTHETIC, *overrides))
     assert named in message
 
 
@@ -343,7 +338,7 @@ def test_a_failing_cell_does_not_stop_a_multirun(tmp_path):
     proc = subprocess.run(
         [
             sys.executable, "-m", "swa_repro.train", "-m", "method=swa,sgd", "method.swa_start=99",
-            "epochs=2", "budget=2", "data.train_size=128", "data.test_size=64", "progress=false",
+            *tiny("epochs=2", "budget=2", "data.train_size=128", "data.test_size=64", base=TINY_DATA),
             f"paths.runs={runs}",
         ],
         capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"},
@@ -354,6 +349,19 @@ def test_a_failing_cell_does_not_stop_a_multirun(tmp_path):
     )
     assert failed["exit_code"] == 2 and "swa_start" in failed["error"]
     assert RunPaths(layout.run_dir(runs, "synthetic", "small_cnn", "sgd", 0)).summary.is_file()
+
+
+IN_A_PROCESS = [
+    ["swa_repro.sweep", "table1", "--dataset", "cifar100", "--seeds", "a", "--dry-run"],
+    ["swa_repro.demo", "model=nosuch"],
+]
+ENTRY_POINTS = {  # what `python -m MODULE` runs
+    "swa_repro.sweep": sweep.main,
+    "swa_repro.figures": figures.main,
+    "swa_repro.aggregate": aggregate.main,
+    "swa_repro.demo": lambda: demo.main(sys.argv[1:]),
+    "swa_repro.bench": bench.main,
+}
 
 
 @pytest.mark.parametrize(
@@ -391,9 +399,13 @@ def test_a_failing_cell_does_not_stop_a_multirun(tmp_path):
     ],
 )
 def test_other_entry_points_fail_with_one_line(argv, message, tmp_path):
-    proc = subprocess.run(
-        [sys.executable, "-m", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
-    )
+    """In-process (each entry point's main as `python -m` calls it), two through a real process."""
+    if argv in IN_A_PROCESS:
+        proc = subprocess.run(
+            [sys.executable, "-m", *argv], capture_output=True, text=True, timeout=120, cwd=tmp_path
+        )
+    else:
+        proc = run_main(ENTRY_POINTS[argv[0]], argv[1:], cwd=tmp_path)
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("error:") and message in lines[0]

@@ -41,6 +41,11 @@ SETTINGS = (
     "averaging_updates_per_repeat",
 )
 TARGET_FIELDS = ("target", "value", "op", "threshold", "met", "applies")
+# Where the speed settings, the reference's worker processes and the sizes are not what a test
+# is about (test_bench_tiny_writes_every_field runs the defaults: bf16, a worker): fp32 (bf16 is
+# slow on a CPU), the reference's loading in-process, one repeat.
+QUICK = ["--size=tiny", "--repeats=1", "--ref-workers=0", "--speed=faithful"]
+SMALLER = ["--train-size=128", "--test-size=64"]
 
 
 def test_bench_tiny_writes_every_field(tmp_path):
@@ -91,9 +96,7 @@ def test_bench_tiny_writes_every_field(tmp_path):
 def test_markdown_tables_show_the_saved_numbers(tmp_path):
     out = tmp_path / "bench.json"
     lines = []
-    result = run(
-        ["--size=tiny", "--repeats=1", "--ref-workers=1", f"--out={out}"], log=lines.append
-    )
+    result = run([*QUICK, f"--out={out}"], log=lines.append)
     text = markdown(json.loads(out.read_text()))
     assert lines[-1] == text  # the run ends with the tables
     m = result["models"]["small_cnn"]["measurements"]
@@ -118,8 +121,7 @@ def test_markdown_tables_show_the_saved_numbers(tmp_path):
 def test_a_model_without_bn_has_no_refresh_to_compare(tmp_path):
     """VGG16 has no BN: the refresh reads no data, so its images/s is marked, not tabled."""
     out = tmp_path / "bench.json"
-    args = ["--size=tiny", "--repeats=1", "--ref-workers=1", f"--out={out}"]
-    run([*args, "--models=small_cnn_nobn"], log=lambda line: None)
+    run([*QUICK, *SMALLER, f"--out={out}", "--models=small_cnn_nobn"], log=lambda line: None)
     entry = json.loads(out.read_text())["models"]["small_cnn_nobn"]["measurements"]
     assert entry["bn_refresh_images_per_s"]["note"] == bench.NO_BN_NOTE
     assert "note" not in entry["train_images_per_s"]
@@ -140,13 +142,7 @@ def test_finished_models_survive_a_later_failure(tmp_path, monkeypatch):
     out = tmp_path / "bench.json"
     with pytest.raises(RuntimeError, match="simulated"):
         run(
-            [
-                "--size=tiny",
-                "--repeats=1",
-                "--ref-workers=1",
-                "--models=small_cnn,vgg16",
-                f"--out={out}",
-            ],
+            [*QUICK, *SMALLER, "--models=small_cnn,vgg16", f"--out={out}"],
             log=lambda line: None,
         )
     saved = json.loads(out.read_text())

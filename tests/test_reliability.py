@@ -6,7 +6,8 @@ tests/helpers/crash_run.py, which runs the same `main` with a SIGKILL (or a stop
 planted at an exact point: a training step, the SWA BN refresh, the middle of a checkpoint
 write, or between the two renames of RunFiles.save_rolling. After relaunching with the same
 command until the run finishes, weights, averaged weights, optimiser state and metrics must be
-bitwise those of one uninterrupted run.
+bitwise those of one uninterrupted run. The processes are forked from one that has the imports
+done (tests/helpers/launch.py), each a process of its own.
 
 The run: 128 synthetic images, batch 32 (4 steps per epoch), 4 epochs, SWA from epoch 2 (BN
 refreshes after epochs 2, 3, 4), budget 3 (epochs 3 and 4 kept). Checkpoint file writes, in
@@ -39,12 +40,14 @@ from safetensors.torch import load_file
 
 import swa_repro.loop
 import swa_repro.train
-from conftest import swa_of
-from swa_repro import layout
+from conftest import computed_once, run_main, swa_of, tiny
+from helpers import launch
+from swa_repro import demo, layout
 from swa_repro.checkpoint import MAGIC, CheckpointError, load_checkpoint
 from swa_repro.compose import compose_config
 from swa_repro.config_check import ConfigError
 from swa_repro.layout import RunPaths
+from swa_repro.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from swa_repro.run_files import check_same_config
 
 CRASH_RUN = Path(__file__).resolve().parent / "helpers" / "crash_run.py"
@@ -55,18 +58,15 @@ TIMEOUT_S = 120
 
 
 def base_overrides() -> list[str]:
-    return [
+    return tiny(
         "data.train_size=128",
         "data.test_size=64",
         f"epochs={EPOCHS}",
         "budget=3",
         "method.swa_start=2",
-        "eval_every=1",
         "optim.batch_size=32",
         "eval_batch_size=64",
-        "progress=false",
-        "swag.samples=2",
-    ]
+    )
 
 
 def overrides_for(runs: Path, *extra: str) -> list[str]:
@@ -77,20 +77,11 @@ def run_cli(
     runs: Path, *extra: str, driver: list[str] | None = None
 ) -> subprocess.CompletedProcess:
     """`python -m swa_repro.train` with the base overrides (or crash_run.py DRIVER... -- overrides)."""
-    return subprocess.run(
-        command(runs, *extra, driver=driver),
-        **proc_kwargs(runs),
-        capture_output=True,
-        timeout=TIMEOUT_S,
-    )
+    return launch.run(command(runs, *extra, driver=driver), **proc_kwargs(runs), timeout=TIMEOUT_S)
 
 
 def command(runs: Path, *extra: str, driver: list[str] | None = None) -> list[str]:
-    head = (
-        [sys.executable, "-m", "swa_repro.train"]
-        if driver is None
-        else [sys.executable, str(CRASH_RUN), *driver, "--"]
-    )
+    head = ["-m", "swa_repro.train"] if driver is None else [str(CRASH_RUN), *driver, "--"]
     return head + overrides_for(runs, *extra)
 
 
@@ -99,7 +90,7 @@ def proc_kwargs(runs: Path) -> dict:
     # One intra-op thread: on a small shared CPU box, 2 spinning OpenMP threads per run can slow
     # these tiny runs several-fold under load. Every run of a comparison uses the same setting.
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
-    return {"cwd": runs, "env": env, "text": True}
+    return {"cwd": runs, "env": env}
 
 
 def relaunch_until_finished(runs: Path, max_launches: int = 3) -> list[subprocess.CompletedProcess]:
@@ -193,13 +184,15 @@ def file_state(folder: Path) -> dict[str, bytes]:
     }
 
 
-@pytest.fixture(scope="module")
-def reference(tmp_path_factory) -> Path:
-    """One uninterrupted run (seed 0); its directory."""
-    runs = tmp_path_factory.mktemp("reference")
-    proc = run_cli(runs)
-    assert proc.returncode == 0, report(proc)
-    run_dir = runs / RUN_REL
+@pytest.fixture(scope="session")
+def reference(shared_dir) -> Path:
+    """One uninterrupted run (seed 0); its directory (one for every pytest-xdist worker)."""
+
+    def uninterrupted(runs: Path) -> None:
+        proc = run_cli(runs)
+        assert proc.returncode == 0, report(proc)
+
+    run_dir = computed_once(shared_dir, "reliability_reference", uninterrupted) / RUN_REL
     assert ckpt(run_dir)["epoch"] == EPOCHS
     return run_dir
 
@@ -286,50 +279,73 @@ def test_repeated_sigkills_then_relaunch(tmp_path, reference):
     assert_same_as_reference(runs / RUN_REL, reference)
 
 
-# --- 2: stop signals -> checkpoint, exit 75, relaunch -------------------------------------------
+# --- 2: stop signals -> checkpoint, exit 75 (130 for Ctrl-C), relaunch ----------------------------
 
 SIGNAL_CASES = [
     # sent from outside while the run waits at the start of epoch 2 step 2 -> mid-epoch checkpoint
     pytest.param(
-        "step:6", "wait", signal.SIGTERM, (1, 2), "at epoch 2 step 2", id="SIGTERM-mid-epoch"
+        "step:6", "wait", signal.SIGTERM, (1, 2), "at epoch 2 step 2", EXIT_PREEMPTED,
+        id="SIGTERM-mid-epoch",
     ),
     # sent from outside during the BN refresh after epoch 3 -> end-of-epoch checkpoint
-    pytest.param("bn:2", "wait", signal.SIGUSR1, (3, 0), "after epoch 3", id="SIGUSR1-bn-refresh"),
+    pytest.param(
+        "bn:2", "wait", signal.SIGUSR1, (3, 0), "after epoch 3", EXIT_PREEMPTED,
+        id="SIGUSR1-bn-refresh",
+    ),
     # sent to itself on the last step of epoch 1 -> the epoch completes, then stops
-    pytest.param("step:4", "USR2", signal.SIGUSR2, (1, 0), "after epoch 1", id="SIGUSR2-last-step"),
-]
+    pytest.param(
+        "step:4", "USR2", signal.SIGUSR2, (1, 0), "after epoch 1", EXIT_PREEMPTED,
+        id="SIGUSR2-last-step",
+    ),
+    # Ctrl-C: the same checkpoints, then exit 130 (the shell's code for SIGINT)
+    pytest.param(
+        "step:6", "wait", signal.SIGINT, (1, 2), "at epoch 2 step 2", EXIT_INTERRUPTED,
+        id="SIGINT-mid-epoch",
+    ),
+    pytest.param(
+        "bn:2", "wait", signal.SIGINT, (3, 0), "after epoch 3", EXIT_INTERRUPTED,
+        id="SIGINT-end-of-epoch",
+    ),
+]  # fmt: skip
 
 
-@pytest.mark.parametrize(("point", "action", "sig", "saved_at", "message"), SIGNAL_CASES)
-def test_stop_signal_checkpoints_exits_75_and_resumes(
-    tmp_path, reference, point, action, sig, saved_at, message
-):
-    runs = tmp_path / "runs"
-    marker = tmp_path / "waiting"
-    driver = [point, action, "--marker", str(marker)]
-    proc = subprocess.Popen(
-        command(runs, driver=driver),
-        **proc_kwargs(runs),
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-    )
+def wait_for(marker: Path, proc: launch.Launched) -> None:
+    """Until the run under crash_run.py touched `marker` (it waits there for a signal)."""
+    deadline = time.monotonic() + TIMEOUT_S
+    while not marker.exists():
+        assert proc.poll() is None, "run ended before reaching the stop point"
+        assert time.monotonic() < deadline, "run never reached the stop point"
+        time.sleep(0.02)
+
+
+def signalled_run(runs: Path, driver: list[str], *signals: tuple[Path, int]):
+    """crash_run.py DRIVER, sending each (marker, signal) once the run has touched the marker;
+    the finished process."""
+    proc = launch.start(command(runs, driver=driver), **proc_kwargs(runs))
     try:
-        if action == "wait":
-            deadline = time.monotonic() + TIMEOUT_S
-            while not marker.exists():
-                assert proc.poll() is None, "run ended before reaching the stop point"
-                assert time.monotonic() < deadline, "run never reached the stop point"
-                time.sleep(0.02)
+        for marker, sig in signals:
+            wait_for(marker, proc)
             proc.send_signal(sig)
-        stdout, stderr = proc.communicate(timeout=TIMEOUT_S)
+        return proc.result(timeout=TIMEOUT_S)
     finally:
         if proc.poll() is None:
             proc.kill()
-            proc.communicate()
-    stopped = subprocess.CompletedProcess(proc.args, proc.returncode, stdout, stderr)
-    assert stopped.returncode == 75, report(stopped)
+            proc.wait()
+
+
+@pytest.mark.parametrize(("point", "action", "sig", "saved_at", "message", "code"), SIGNAL_CASES)
+def test_stop_signal_checkpoints_exits_75_and_resumes(
+    tmp_path, reference, point, action, sig, saved_at, message, code
+):
+    runs = tmp_path / "runs"
+    marker = tmp_path / "waiting"
+    signals = [(marker, sig)] if action == "wait" else []
+    stopped = signalled_run(runs, [point, action, "--marker", str(marker)], *signals)
+    stderr = stopped.stderr
+    assert stopped.returncode == code, report(stopped)
     assert f"stopped by signal {int(sig)} {message}" in stderr, report(stopped)
     assert "relaunch" in stderr
+    assert len(stderr.strip().splitlines()) == 1, report(stopped)  # one line: how to resume
     run_dir = runs / RUN_REL
     state = ckpt(run_dir)
     assert (state["epoch"], state["step"]) == saved_at
@@ -337,6 +353,33 @@ def test_stop_signal_checkpoints_exits_75_and_resumes(
 
     launches = relaunch_until_finished(runs)
     assert len(launches) == 1 and "resuming" in launches[0].stdout
+    assert_same_as_reference(run_dir, reference)
+
+
+def test_a_second_ctrl_c_stops_at_once_keeping_the_last_checkpoint(tmp_path, reference):
+    """Ctrl-C in epoch 2 asks for a checkpoint at the next step; a second one before it stops
+    the run at once (KeyboardInterrupt): exit 130, one line naming the checkpoint to resume
+    from, which is the intact one of epoch 1 (nothing half written): the relaunch resumes it
+    bitwise."""
+    runs = tmp_path / "runs"
+    marker = tmp_path / "waiting"
+    held = tmp_path / "waiting.held"  # crash_run touches it once the first Ctrl-C is recorded
+    driver = ["step:6", "hold", "--marker", str(marker)]
+    stopped = signalled_run(runs, driver, (marker, signal.SIGINT), (held, signal.SIGINT))
+    run_dir = runs / RUN_REL
+    folder = RunPaths(run_dir).checkpoints
+    assert stopped.returncode == EXIT_INTERRUPTED, report(stopped)
+    assert stopped.stderr.strip().splitlines() == [
+        f"interrupted; relaunch the same command to resume from {folder / 'last.pt'}"
+    ], report(stopped)
+    state = ckpt(run_dir)
+    assert (state["epoch"], state["step"]) == (1, 0)  # no checkpoint after the first Ctrl-C
+    assert sorted(p.name for p in folder.iterdir()) == ["last.pt"]  # no partial file
+    assert not RunPaths(run_dir).summary.exists()
+
+    launches = relaunch_until_finished(runs)
+    assert len(launches) == 1 and "resuming" in launches[0].stdout
+    assert "at epoch 2" in launches[0].stdout, report(launches[0])
     assert_same_as_reference(run_dir, reference)
 
 
@@ -558,11 +601,9 @@ def test_resume_ignores_where_the_data_lives_but_not_what_it_is():
 def test_demo_reports_divergence_as_train_does(tmp_path):
     """The demo runs through train's outcome handling: one error line, exit 3, failed.json."""
     runs = tmp_path / "runs"
-    proc = subprocess.run(
-        [sys.executable, "-m", "swa_repro.demo", "optim.lr_init=1e9", "data.train_size=128",
-         "data.test_size=64", "progress=false", f"paths.runs={runs}"],
-        capture_output=True, text=True, timeout=TIMEOUT_S, env={**os.environ, "OMP_NUM_THREADS": "1"},
-    )  # fmt: skip
+    argv = ["optim.lr_init=1e9", "data.train_size=128", "data.test_size=64", "progress=false",
+            f"paths.runs={runs}"]  # fmt: skip
+    proc = run_main(lambda: demo.main(sys.argv[1:]), argv)  # python -m swa_repro.demo ARGV
     assert proc.returncode == 3, proc.stderr[-2000:]
     errors = [line for line in proc.stderr.splitlines() if line.strip()]
     assert len(errors) == 1 and errors[0].startswith("error: loss is nan"), proc.stderr[-2000:]

@@ -5,17 +5,20 @@ settings, and the published numbers the tables compare with."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 import yaml
+from omegaconf import DictConfig
 from torch.nn.modules.batchnorm import _BatchNorm
 from torch.nn.utils import parameters_to_vector, vector_to_parameters
 from torch.optim.optimizer import register_optimizer_step_pre_hook
 
 import swa_repro.build
+from conftest import TINY_DATA, computed_once, tiny
 from swa_repro.analysis.points import load_context, stored_weights
 from swa_repro.checkpoint import load_checkpoint
 from swa_repro.compose import CONF_DIR, compose_config
@@ -25,17 +28,16 @@ from swa_repro.layout import RunPaths
 from swa_repro.models import instantiate_model
 from swa_repro.train import train
 
-TINY = [
-    "data.train_size=256", "data.test_size=64", "optim.batch_size=64", "eval_batch_size=32",
-    "progress=false", "device=cpu",
-]  # fmt: skip
+TINY = tiny("data.test_size=64", "eval_batch_size=32", "device=cpu", base=TINY_DATA)
+
+
+# A 6-epoch SWA run (4 steps per epoch), averaging from epoch 5 (paper schedule: T = 5).
+SWA_RUN = [*TINY, "epochs=6", "budget=4", "method.swa_start=5", "method.swa_lr=0.05",
+           "optim.lr_init=0.1", "checkpoint.keep_epochs=[]"]  # fmt: skip
 
 
 def tiny_swa(run_dir: Path, *extra: str):
-    """A 6-epoch SWA run (4 steps per epoch), averaging from epoch 5 (paper schedule: T = 5)."""
-    overrides = [*TINY, "epochs=6", "budget=4", "method.swa_start=5", "method.swa_lr=0.05",
-                 "optim.lr_init=0.1", "checkpoint.keep_epochs=[]", *extra]  # fmt: skip
-    cfg = compose_config(overrides)
+    cfg = compose_config([*SWA_RUN, *extra])
     return cfg, train(cfg, run_dir)
 
 
@@ -51,14 +53,27 @@ def recorded_step_lrs():
     return lrs, handle
 
 
-def test_every_step_uses_the_paper_schedule(tmp_path):
+@pytest.fixture(scope="session")
+def swa_run(shared_dir) -> tuple[DictConfig, Path, list[float]]:
+    """tiny_swa, trained once: its config, directory and the LR of every SGD step as it ran."""
+
+    def trained(folder: Path) -> None:
+        lrs, handle = recorded_step_lrs()
+        try:
+            tiny_swa(folder / "run")
+        finally:
+            handle.remove()
+        (folder / "step_lrs.json").write_text(json.dumps(lrs))
+
+    folder = computed_once(shared_dir, "wiring_tiny_swa", trained)
+    lrs = json.loads((folder / "step_lrs.json").read_text())
+    return compose_config(SWA_RUN), folder / "run", lrs
+
+
+def test_every_step_uses_the_paper_schedule(swa_run):
     """The authors' schedule, written out: T = swa_start = 5, lr 0.1 to swa_lr 0.05; t = e / T;
     factor 1 for t <= 0.5, 1 - (1 - r)(t - 0.5)/0.4 up to t = 0.9, then r = 0.5."""
-    lrs, handle = recorded_step_lrs()
-    try:
-        tiny_swa(tmp_path / "run")
-    finally:
-        handle.remove()
+    _, _, lrs = swa_run
     per_epoch = [0.1, 0.1, 0.1, 0.1 * (1 - 0.5 * 0.1 / 0.4), 0.1 * (1 - 0.5 * 0.3 / 0.4), 0.05]
     assert lrs == pytest.approx([lr for lr in per_epoch for _ in range(4)], rel=1e-12)
 
@@ -110,11 +125,11 @@ def batch_statistics(model: torch.nn.Module, inputs) -> dict[str, tuple[torch.Te
     return {name: (s[1] / s[0], s[2] / s[0]) for name, s in sums.items()}
 
 
-def test_swa_bn_statistics_after_the_loop_refresh_equal_a_direct_computation(tmp_path):
+def test_swa_bn_statistics_after_the_loop_refresh_equal_a_direct_computation(swa_run):
     """After the last epoch's evaluation, the SWA model's BN buffers hold the statistics of ITS
     weights over the whole augmented refresh stream of that epoch."""
-    cfg, _ = tiny_swa(tmp_path / "run")
-    state = load_checkpoint(RunPaths(tmp_path / "run").last)
+    cfg, run_dir, _ = swa_run
+    state = load_checkpoint(RunPaths(run_dir).last)
     swa = stored_weights(state, "swa")
     model = instantiate_model(cfg.model)
     model.load_state_dict(swa)
@@ -153,7 +168,8 @@ def test_training_honours_every_speed_setting(tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "compile", lambda model: compiled.append(model) or model)
     speed = ["speed.bf16=true", "speed.channels_last=true", "speed.tf32=true",
              "speed.compile=true", "speed.eval_batch_size=16", "speed.bn_refresh_batch_size=128"]  # fmt: skip
-    tiny_swa(tmp_path / "run", *speed)
+    # bf16 on a CPU is slow: half the images (2 steps an epoch), one EMA
+    tiny_swa(tmp_path / "run", *speed, "data.train_size=128", "ema.decays=[0.99]")
     assert len(compiled) == 1 and torch.backends.cudnn.allow_tf32
     assert all(autocast and channels_last for _, autocast, channels_last, _ in seen)
     train_batches = {b for training, *_, b in seen if training}
@@ -178,12 +194,12 @@ def test_every_experiment_config_is_faithful():
 # --- an analysis point against a hand-built model ---------------------------------------------
 
 
-def test_an_analysis_point_equals_a_hand_built_evaluation(tmp_path):
+def test_an_analysis_point_equals_a_hand_built_evaluation(swa_run):
     """RunContext.evaluate(w): BN statistics of w over the analysis refresh stream, then the
     train loss WITH the L2 term and the test NLL, all recomputed here by hand."""
-    cfg, _ = tiny_swa(tmp_path / "run")
-    ctx = load_context(tmp_path / "run", device="cpu", seed=3)
-    vector = parameters_to_vector(stored_weights(load_checkpoint(RunPaths(tmp_path / "run").last),
+    cfg, run_dir, _ = swa_run
+    ctx = load_context(run_dir, device="cpu", seed=3)
+    vector = parameters_to_vector(stored_weights(load_checkpoint(RunPaths(run_dir).last),
                                                  "swa")[n] for n, _ in ctx.model.named_parameters())  # fmt: skip
     got = ctx.evaluate(vector)
 

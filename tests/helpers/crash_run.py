@@ -19,6 +19,8 @@ ACTION:
              send that signal to itself and carry on (the run checkpoints and exits 75)
     wait     touch --marker FILE, then block until a stop signal sent from outside has been
              recorded by the run's StopRequest, and carry on
+    hold     as wait, then touch FILE.held and block until a second signal ends the process
+             (a second Ctrl-C: KeyboardInterrupt), without reaching the next checkpoint
     fail     raise a DataError ("planted failure"), as an unreadable image would
 --rank R: under torchrun, fire in the process of rank R only (default: every process)
 """
@@ -55,10 +57,10 @@ def parse(argv: list[str]) -> tuple[str, int, str, Path | None, str | None, list
     rank = head[head.index("--rank") + 1] if "--rank" in head else None
     if point not in ("step", "bn", "sample", "write", "rename"):
         raise SystemExit(f"crash_run: unknown point {point!r}")
-    if action not in ("kill", "TERM", "USR1", "USR2", "wait", "fail"):
+    if action not in ("kill", "TERM", "USR1", "USR2", "wait", "hold", "fail"):
         raise SystemExit(f"crash_run: unknown action {action!r}")
-    if action == "wait" and marker is None:
-        raise SystemExit("crash_run: wait needs --marker FILE")
+    if action in ("wait", "hold") and marker is None:
+        raise SystemExit(f"crash_run: {action} needs --marker FILE")
     return point, int(n), action, marker, rank, overrides
 
 
@@ -82,13 +84,17 @@ def main() -> None:
             sys.stdout.flush()
             os.kill(os.getpid(), signal.SIGKILL)
             time.sleep(WAIT_LIMIT_S)  # never reached: SIGKILL cannot be caught
-        elif action == "wait":
+        elif action in ("wait", "hold"):
             marker.touch()
             deadline = time.monotonic() + WAIT_LIMIT_S
             while not (stops and stops[-1]):
                 if time.monotonic() > deadline:
                     raise SystemExit("crash_run: no stop signal arrived")
                 time.sleep(0.01)
+            if action == "hold":
+                marker.with_name(marker.name + ".held").touch()
+                time.sleep(WAIT_LIMIT_S)  # a second Ctrl-C raises KeyboardInterrupt in here
+                raise SystemExit("crash_run: no second signal arrived")
         else:
             os.kill(os.getpid(), getattr(signal, "SIG" + action))
 
