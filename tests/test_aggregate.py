@@ -644,31 +644,65 @@ def test_run_flops_hand_computation():
     m = 0.248e9
     # PreResNet164 SWA: 225 epochs, evaluations after epoch 1, every 5th and at budget epoch 187
     # (150 and 225 are multiples of 5): 1 + 45 + 1 = 47; SWA evaluations (with a BN-refresh
-    # pass each) from epoch 126 on: 20 multiples of 5 in 130..225, plus 187 = 21.
+    # pass each) from epoch 126 on: 20 multiples of 5 in 130..225, plus 187 = 21; 3 EMAs at the
+    # readings 150, 187, 225: 9 refreshes and 18 tests; SWAG at the end: 30 samples of 2
+    # variants, 60 refreshes and 60 tests.
     swa = _compose_experiment("cifar100/preresnet164_swa")
-    expected = 6 * m * 50_000 * 225 + 2 * m * ((47 + 21) * 10_000 + 21 * 50_000)
+    expected = 6 * m * 50_000 * 225 + 2 * m * ((47 + 21 + 18 + 60) * 10_000 + 90 * 50_000)
     assert sweep.run_flops(swa, m, 0) == pytest.approx(expected, rel=1e-12)
     # the same run with 100 epochs done: 25 multiples of 5 in 105..225 plus 187 = 26 evaluations
-    expected = 6 * m * 50_000 * 125 + 2 * m * ((26 + 21) * 10_000 + 21 * 50_000)
+    expected = 6 * m * 50_000 * 125 + 2 * m * ((26 + 21 + 18 + 60) * 10_000 + 90 * 50_000)
     assert sweep.run_flops(swa, m, 100) == pytest.approx(expected, rel=1e-12)
-    # PreResNet164 SGD: 150 epochs, 1 + 30 evaluations, no refresh
+    # PreResNet164 SGD: 150 epochs, 1 + 30 evaluations; its 3 EMAs at epoch 150, no SWAG
     sgd = _compose_experiment("cifar100/preresnet164_sgd")
-    expected = 6 * m * 50_000 * 150 + 2 * m * 31 * 10_000
+    expected = 6 * m * 50_000 * 150 + 2 * m * ((31 + 6) * 10_000 + 3 * 50_000)
     assert sweep.run_flops(sgd, m, 0) == pytest.approx(expected, rel=1e-12)
     # VGG16 SWA, 300 epochs: 1 + 60 evaluations, SWA ones from epoch 161 on (28 multiples of 5
-    # in 165..300; the readings 200/250/300 are among them), and no BN to refresh
+    # in 165..300; the readings 200/250/300 are among them), 18 EMA and 60 SWAG test passes,
+    # and no BN to refresh
     vgg = _compose_experiment("cifar100/vgg16_swa")
-    expected = 6 * m * 50_000 * 300 + 2 * m * (61 + 28) * 10_000
+    expected = 6 * m * 50_000 * 300 + 2 * m * (61 + 28 + 18 + 60) * 10_000
     assert sweep.run_flops(vgg, m, 0) == pytest.approx(expected, rel=1e-12)
     # a data set with its own sizes (synthetic demo, SWA: 30 epochs, eval every 2, start 16,
-    # readings 20/25/30): evaluations 1, 2..30 even (15), 25 = 17; SWA ones: 16..30 even (8) + 25 = 9
+    # readings 20/25/30): evaluations 1, 2..30 even (15), 25 = 17; SWA ones: 16..30 even (8) + 25 = 9;
+    # 2 EMAs at the 3 readings: 6 refreshes, 12 tests; SWAG: 8 samples of 2 variants
     demo = _compose_experiment("synthetic/small_cnn_swa")
-    expected = 6 * m * 5000 * 30 + 2 * m * ((17 + 9) * 2000 + 9 * 5000)
+    expected = 6 * m * 5000 * 30 + 2 * m * ((17 + 9 + 12 + 16) * 2000 + (9 + 6 + 16) * 5000)
     assert sweep.run_flops(demo, m, 0) == pytest.approx(expected, rel=1e-12)
     # the starting weights in the average: SWA is evaluated (with a refresh) from the first evaluation
     demo = compose_config(["experiment=synthetic/small_cnn_swa", "method.swa_include_start=true"])
-    expected = 6 * m * 5000 * 30 + 2 * m * ((17 + 17) * 2000 + 17 * 5000)
+    expected = 6 * m * 5000 * 30 + 2 * m * ((17 + 17 + 12 + 16) * 2000 + (17 + 6 + 16) * 5000)
     assert sweep.run_flops(demo, m, 0) == pytest.approx(expected, rel=1e-12)
+    # EMAs at every evaluation (17 epochs, 2 decays): 34 refreshes, 68 tests
+    every = compose_config(["experiment=synthetic/small_cnn_swa", "ema.eval=every"])
+    expected = 6 * m * 5000 * 30 + 2 * m * ((17 + 9 + 68 + 16) * 2000 + (9 + 34 + 16) * 5000)
+    assert sweep.run_flops(every, m, 0) == pytest.approx(expected, rel=1e-12)
+    # no EMA, no SWAG: the SWA run's own evaluations only
+    bare = ["experiment=synthetic/small_cnn_swa", "ema.decays=[]", "swag.collect=false"]
+    expected = 6 * m * 5000 * 30 + 2 * m * ((17 + 9) * 2000 + 9 * 5000)
+    assert sweep.run_flops(compose_config(bare), m, 0) == pytest.approx(expected, rel=1e-12)
+
+
+README_MODELS = {
+    "VGG16": "vgg16",
+    "PreResNet110": "preresnet110",
+    "PreResNet164": "preresnet164",
+    "WideResNet28x10": "wrn28x10",
+}
+
+
+def test_readme_compute_per_run_is_the_sweeps_estimate(macs):
+    """README's table of GPU-hours per CIFAR-100 run is the sweep's FLOP-count estimate at
+    30 TFLOP/s (evaluations, EMAs and the SWAG model average counted), to two digits."""
+    readme = (Path(CONF_DIR).parent / "README.md").read_text()
+    rows = re.findall(r"^\| (\S+) \| ([\d.]+) GPU-h \| ([\d.]+) GPU-h \|$", readme, re.M)
+    assert [label for label, _, _ in rows] == list(README_MODELS)
+    for label, *shown in rows:
+        model = README_MODELS[label]
+        for method, hours in zip(("sgd", "swa"), shown, strict=True):
+            cfg = compose_config([f"experiment=cifar100/{model}_{method}"])
+            estimate = sweep.run_flops(cfg, macs[(model, 100)], 0) / 30e12 / 3600
+            assert hours == f"{estimate:.2g}", (label, method, estimate)
 
 
 ROW = re.compile(r"^(\S+)\s+(\d+)  (.+?)\s+(\d+\.\d\d)  (.+)$")
@@ -746,12 +780,12 @@ def test_plan_estimates_from_measured_throughput(cpu_bench, tmp_path, capsys):
     experiments = sweep.experiments_of("table1", "synthetic", ["small_cnn"])
     rows = sweep.plan(experiments, [0], tmp_path / "runs", [], 30.0, loaded)
     swa = next(r for r in rows if r["experiment"] == "synthetic/small_cnn_swa")
-    # synthetic SWA (see test_run_flops_hand_computation): 30 epochs of 5000 images, 26 test
-    # evaluations of 2000, 9 BN refreshes of 5000
+    # synthetic SWA (see test_run_flops_hand_computation): 30 epochs of 5000 images, 54 test
+    # passes of 2000, 31 BN refreshes of 5000
     seconds = (
         30 * 5000 / rates["train_images_per_s"]
-        + 26 * 2000 / rates["eval_images_per_s"]
-        + 9 * 5000 / rates["bn_refresh_images_per_s"]
+        + 54 * 2000 / rates["eval_images_per_s"]
+        + 31 * 5000 / rates["bn_refresh_images_per_s"]
     )
     assert swa["hours_left"] == pytest.approx(seconds / 3600, rel=1e-12)
     assert swa["basis"] == f"measured, {5000 / rates['train_images_per_s']:.3g} s/epoch"
@@ -761,7 +795,7 @@ def test_plan_estimates_from_measured_throughput(cpu_bench, tmp_path, capsys):
     bf16 = sweep.plan(experiments, [0], tmp_path / "runs", ["speed.bf16=true"], 30.0, loaded)
     assert all(r["basis"] == "FLOPs at 30 TFLOP/s" for r in bf16)
     flops = sweep.run_flops(compose_config(["experiment=synthetic/small_cnn_swa"]), 1e6, 0)
-    assert flops == 6e6 * 30 * 5000 + 2e6 * (26 * 2000 + 9 * 5000)
+    assert flops == 6e6 * 30 * 5000 + 2e6 * (54 * 2000 + 31 * 5000)
     vgg = sweep.plan(["cifar100/vgg16_sgd"], [0], tmp_path / "runs", [], 30.0, loaded)
     assert vgg[0]["basis"] == "FLOPs at 30 TFLOP/s"
 

@@ -26,8 +26,8 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import runpy
 import shlex
-import subprocess
 import sys
 from dataclasses import dataclass
 from pathlib import Path
@@ -37,7 +37,8 @@ import yaml
 from hydra.errors import HydraException
 from omegaconf import DictConfig, OmegaConf
 
-from swa_repro import REPO_ROOT, analysis_cost, layout, sharpness_table
+from swa_repro import REPO_ROOT, analysis_cost, layout, sharpness_table, train
+from swa_repro.analysis import __main__ as analysis_command
 from swa_repro.analysis.flatness import (
     AroundSettings,
     HessianSettings,
@@ -95,12 +96,36 @@ FGE_CYCLE_EPOCHS = 2  # conf/analysis/fge.yaml's cycle_epochs (one sample per cy
 
 
 def run(command: list[str]) -> None:
+    """Run one step, printed first as the command that does the same by hand, in this process:
+    the interpreter start and the imports (seconds each) are paid once, not per step."""
     print("+ " + " ".join(command), flush=True)
-    result = subprocess.run(command)
-    if result.returncode != 0:
-        sys.exit(
-            f"error: step failed (exit {result.returncode}); rerun the same command to continue"
-        )
+    code = in_process(command[1:])
+    if code != 0:
+        sys.exit(f"error: step failed (exit {code}); rerun the same command to continue")
+
+
+def in_process(argv: list[str]) -> int:
+    """The exit code of `python ARGV` run here: -m swa_repro.train, -m swa_repro.analysis, or a
+    plot script (its folder on sys.path, as for a script)."""
+    saved_argv, saved_path = sys.argv, list(sys.path)
+    try:
+        if argv[:2] == ["-m", "swa_repro.train"]:
+            sys.argv = ["swa_repro.train", *argv[2:]]
+            train.cli()
+            return 0
+        if argv[:2] == ["-m", "swa_repro.analysis"]:
+            return analysis_command.main(argv[2:])
+        sys.argv = list(argv)
+        sys.path.insert(0, str(Path(argv[0]).parent))
+        runpy.run_path(argv[0], run_name="__main__")
+        return 0
+    except SystemExit as exc:
+        if exc.code is None or isinstance(exc.code, int):
+            return exc.code or 0
+        print(exc.code, file=sys.stderr)
+        return 1
+    finally:
+        sys.argv, sys.path[:] = saved_argv, saved_path
 
 
 def complete(npz: Path, overrides: list[str]) -> bool:

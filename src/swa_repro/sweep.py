@@ -83,7 +83,8 @@ def split_sizes(cfg) -> tuple[int, int]:
 def run_images(cfg, epochs_done: int) -> tuple[int, int, int]:
     """Images trained, test-evaluated and BN-refreshed in the epochs after `epochs_done`,
     counting evaluations (and SWA evaluations with their BN refresh, once averaging has begun,
-    if the model has BN layers) as train.py does."""
+    the EMAs' and the SWAG model average's, refreshes only if the model has BN layers) as the
+    training loop does."""
     train_images, test_images = split_sizes(cfg)
     refresh_images = min(cfg.bn_refresh_images or train_images, train_images)
     readings_at = budget_epochs(cfg)
@@ -93,9 +94,25 @@ def run_images(cfg, epochs_done: int) -> tuple[int, int, int]:
     averaging_from = 0 if cfg.method.get("swa_include_start") else cfg.method.swa_start
     swa_evals = [e for e in evals if cfg.method.swa and e >= averaging_from]
     start_evals = int(cfg.eval_at_start and epochs_done == 0)
-    tested = (start_evals + len(evals) + len(swa_evals)) * test_images
-    refreshes = len(swa_evals) if refreshes_bn(cfg.model.name, cfg.data.num_classes) else 0
-    return train_images * (cfg.epochs - epochs_done), tested, refreshes * refresh_images
+    average_tests, average_refreshes = averaged_model_passes(cfg, evals, epochs_done)
+    tests = start_evals + len(evals) + len(swa_evals) + average_tests
+    refreshes = len(swa_evals) + average_refreshes
+    if not refreshes_bn(cfg.model.name, cfg.data.num_classes):
+        refreshes = 0
+    return train_images * (cfg.epochs - epochs_done), tests * test_images, refreshes * refresh_images
+
+
+def averaged_model_passes(cfg, evals: list[int], epochs_done: int) -> tuple[int, int]:
+    """Test passes and BN refreshes of the EMAs and the SWAG model average left to do: each EMA
+    at its evaluation epochs (the BN-averaged ablation: one test pass; the refreshed model: one
+    refresh and one test pass), and at an SWA run's end `swag.samples` samples of each SWAG
+    variant (each one refresh and one test pass)."""
+    ema_epochs = set(evals) if cfg.ema.eval == "every" else {*budget_epochs(cfg), cfg.epochs}
+    ema_evals = len(ema_epochs.intersection(evals)) * len(cfg.ema.decays)
+    swag_samples = 0
+    if cfg.method.swa and cfg.swag.collect and epochs_done < cfg.epochs:
+        swag_samples = cfg.swag.samples * (2 if cfg.swag.low_rank else 1)
+    return 2 * ema_evals + swag_samples, ema_evals + swag_samples
 
 
 def run_flops(cfg, macs: float, epochs_done: int) -> float:

@@ -19,6 +19,7 @@ when not unit).
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -45,6 +46,43 @@ def ray_direction(seed: int, index: int, size: int) -> torch.Tensor:
     return g / g.norm()
 
 
+def check_ray_settings(
+    origins: dict, n_directions: int, n_distances: int, max_distance: float, directions: str
+) -> None:
+    """One AnalysisError naming the first bad setting, before any work."""
+    if not origins:
+        raise AnalysisError("rays need at least one origin")
+    if not isinstance(n_directions, int) or n_directions < 1:
+        raise AnalysisError(f"n_directions must be an integer >= 1, got {n_directions!r}")
+    if not isinstance(n_distances, int) or n_distances < 2:
+        raise AnalysisError(f"n_distances must be an integer >= 2, got {n_distances!r}")
+    if not check_number(max_distance, "max_distance") > 0:
+        raise AnalysisError(f"max_distance must be > 0, got {max_distance!r}")
+    if directions not in ("unit", "filter"):
+        raise AnalysisError(f"directions must be unit or filter, got {directions!r}")
+
+
+def ray_points(
+    starts: list[torch.Tensor], distances: np.ndarray, seed: int, directions: str, shapes
+) -> Callable[[tuple[int, ...]], torch.Tensor]:
+    """point_at((origin, ray, k)) = start + distances[k] d_ray, keeping one direction in memory
+    (the grid is walked ray by ray)."""
+    cached: dict[tuple[int, int], torch.Tensor] = {}
+
+    def point_at(index: tuple[int, ...]) -> torch.Tensor:
+        o, r, k = index
+        if (o, r) not in cached:
+            cached.clear()
+            cached[o, r] = (
+                filter_direction(seed, r, starts[o], shapes)
+                if directions == "filter"
+                else ray_direction(seed, r, starts[o].numel()).to(starts[o].device)
+            )
+        return (starts[o] + distances[k] * cached[o, r]).float()
+
+    return point_at
+
+
 def compute_rays(
     ctx: RunContext,
     origins: dict[str, torch.Tensor],
@@ -61,16 +99,7 @@ def compute_rays(
 ) -> dict[str, np.ndarray]:
     """Evaluate every origin + t d_r into `out_path` (resuming it); returns the saved arrays.
     directions: unit (uniform on the unit sphere, the paper's) or filter (module doc)."""
-    if not origins:
-        raise AnalysisError("rays need at least one origin")
-    if not isinstance(n_directions, int) or n_directions < 1:
-        raise AnalysisError(f"n_directions must be an integer >= 1, got {n_directions!r}")
-    if not isinstance(n_distances, int) or n_distances < 2:
-        raise AnalysisError(f"n_distances must be an integer >= 2, got {n_distances!r}")
-    if not check_number(max_distance, "max_distance") > 0:
-        raise AnalysisError(f"max_distance must be > 0, got {max_distance!r}")
-    if directions not in ("unit", "filter"):
-        raise AnalysisError(f"directions must be unit or filter, got {directions!r}")
+    check_ray_settings(origins, n_directions, n_distances, max_distance, directions)
     settings = {
         "analysis": "rays",
         "origins": list(origins),
@@ -80,28 +109,12 @@ def compute_rays(
         **context_settings(ctx),
         "seed": seed,  # of the directions
         "stream_seed": ctx.seed,
-        # unit rays keep the hash they had before this option existed (their files resume)
-        **({"directions": directions} if directions != "unit" else {}),
+        "directions": directions,
     }
     digest = inputs_hash(list(origins.values()), settings)
-    device = device_of(ctx)
-    starts = [w.to(device, torch.float64) for w in origins.values()]
-    size = starts[0].numel()
+    starts = [w.to(device_of(ctx), torch.float64) for w in origins.values()]
     distances = np.linspace(0.0, max_distance, n_distances)
-    shapes = parameter_shapes(ctx.model)
-    cached: dict[tuple[int, int], torch.Tensor] = {}  # the direction of the current ray only
-
-    def point_at(index: tuple[int, ...]) -> torch.Tensor:
-        o, r, k = index
-        if (o, r) not in cached:
-            cached.clear()
-            cached[o, r] = (
-                filter_direction(seed, r, starts[o], shapes)
-                if directions == "filter"
-                else ray_direction(seed, r, size).to(device)
-            )
-        return (starts[o] + distances[k] * cached[o, r]).float()
-
+    point_at = ray_points(starts, distances, seed, directions, parameter_shapes(ctx.model))
     return evaluate_grid(
         ctx,
         (len(starts), n_directions, n_distances),
