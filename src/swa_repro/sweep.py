@@ -99,7 +99,11 @@ def run_images(cfg, epochs_done: int) -> tuple[int, int, int]:
     refreshes = len(swa_evals) + average_refreshes
     if not refreshes_bn(cfg.model.name, cfg.data.num_classes):
         refreshes = 0
-    return train_images * (cfg.epochs - epochs_done), tests * test_images, refreshes * refresh_images
+    return (
+        train_images * (cfg.epochs - epochs_done),
+        tests * test_images,
+        refreshes * refresh_images,
+    )
 
 
 def averaged_model_passes(cfg, evals: list[int], epochs_done: int) -> tuple[int, int]:
