@@ -677,6 +677,10 @@ def test_run_flops_hand_computation():
     every = compose_config(["experiment=synthetic/small_cnn_swa", "ema.eval=every"])
     expected = 6 * m * 5000 * 30 + 2 * m * ((17 + 9 + 68 + 16) * 2000 + (9 + 34 + 16) * 5000)
     assert sweep.run_flops(every, m, 0) == pytest.approx(expected, rel=1e-12)
+    # 1000 of the 5000 training images held out: 4000 trained on and refreshed over
+    held_out = compose_config(["experiment=synthetic/small_cnn_swa", "data.val_size=1000"])
+    expected = 6 * m * 4000 * 30 + 2 * m * ((17 + 9 + 12 + 16) * 2000 + (9 + 6 + 16) * 4000)
+    assert sweep.run_flops(held_out, m, 0) == pytest.approx(expected, rel=1e-12)
     # no EMA, no SWAG: the SWA run's own evaluations only
     bare = ["experiment=synthetic/small_cnn_swa", "ema.decays=[]", "swag.collect=false"]
     expected = 6 * m * 5000 * 30 + 2 * m * ((17 + 9) * 2000 + 9 * 5000)

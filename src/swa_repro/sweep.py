@@ -73,11 +73,12 @@ def refreshes_bn(model_name: str, num_classes: int) -> bool:
 
 
 def split_sizes(cfg) -> tuple[int, int]:
-    """The run's training and test images (its data.train_size / test_size, or the data set's)."""
-    return (
-        cfg.data.get("train_size", TRAIN_IMAGES.get(cfg.data.name)),
-        cfg.data.get("test_size", TEST_IMAGES.get(cfg.data.name)),
-    )
+    """The run's training and test images (its data.train_size / test_size, or the data set's),
+    the held-out ones (data.val_size) not trained on."""
+    train_images = cfg.data.get("train_size", TRAIN_IMAGES.get(cfg.data.name))
+    if train_images is not None:
+        train_images -= cfg.data.get("val_size") or 0
+    return train_images, cfg.data.get("test_size", TEST_IMAGES.get(cfg.data.name))
 
 
 def run_images(cfg, epochs_done: int) -> tuple[int, int, int]:
