@@ -27,6 +27,9 @@ from swa_repro.compose import compose_config
 from swa_repro.layout import RunPaths
 from swa_repro.train import train
 
+# its module fixtures are computed once: every test of the file on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("analysis")
+
 RUN_OVERRIDES = [
     "experiment=synthetic/small_cnn_swa",
     "data.train_size=256",

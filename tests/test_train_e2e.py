@@ -15,6 +15,9 @@ from swa_repro.compose import compose_config
 from swa_repro.layout import RunPaths
 from swa_repro.train import train
 
+# its module fixtures are computed once: every test of the file on one pytest-xdist worker
+pytestmark = pytest.mark.xdist_group("train_e2e")
+
 SWA_OVERRIDES = [
     "data.train_size=512",
     "data.test_size=256",
