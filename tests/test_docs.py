@@ -3,6 +3,7 @@ nothing refers to files outside the repository or to issues."""
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 
@@ -59,3 +60,24 @@ def test_readme_layout_names_every_module_script_config_group_and_doc():
     names += [p.stem for p in (REPO / "docs").glob("*.md")]
     missing = [name for name in names if name.removesuffix(".py") not in layout]
     assert not missing, f"README layout does not name: {missing}"
+
+
+def test_readme_names_every_file_and_metrics_key_of_a_real_run(trained_run):
+    """The README's run-files table names every entry of a finished SWA run's directory, and its
+    metrics-keys list every key of the run's metrics.jsonl (and nothing such a run lacks)."""
+    from conftest import TINY_SWA
+
+    run_dir = trained_run(TINY_SWA, "tiny_swa")
+    files = set(re.findall(r"^\| `([^`]+)` \|", readme_block("run-files"), re.M))
+    entries = {p.name + ("/" if p.is_dir() else "") for p in run_dir.iterdir()}
+    assert entries - {".lock"} and entries <= files, entries - files
+
+    listed = readme_block("metrics-keys")
+    documented = set(re.findall(r"`([a-z_<>]+)`", listed))
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    keys = {re.sub(r"^ema_[0-9.]+_", "ema_<d>_", key) for record in records for key in record}
+    for key in keys:
+        plain = key.replace("_bnavg_", "_")
+        assert plain in documented and (plain == key or "`ema_<d>_bnavg_`" in listed), key
+    swa_run_keys = documented - {"ema_<d>_bnavg_", "eval_at_start"}  # (a config key it names)
+    assert swa_run_keys <= {k.replace("_bnavg_", "_") for k in keys}, swa_run_keys - keys

@@ -21,6 +21,7 @@ from torchvision import transforms
 
 import swa_repro.build
 from conftest import swa_of, write_image_folder
+from helpers import launch
 from swa_repro import aggregate, sweep
 from swa_repro.averaging import is_averaging_epoch
 from swa_repro.budgets import budget_epochs, is_eval_epoch
@@ -355,7 +356,9 @@ def test_a_fresh_run_starts_from_pretrained_weights_a_resumed_one_from_its_check
         return build_model("small_cnn", num_classes)
 
     monkeypatch.setattr(torchvision.models, "get_model", get_model)
-    overrides = tiny(root, "model=resnet50", "data.num_classes=1000", "optim.batch_size=250")
+    overrides = tiny(
+        root, "model=resnet50", "data.num_classes=1000", "optim.batch_size=250", "ema.decays=[]"
+    )
     run = tmp_path / "run"
     train(compose_config([*overrides, "epochs=1"]), run)
     assert calls == [("resnet50", "IMAGENET1K_V1")]
@@ -453,13 +456,14 @@ def test_table2_sweep_plans_swa_runs_on_several_gpus(tmp_path, capsys, monkeypat
         [*train_module, "-m", "experiment=a,b", "seed=0,1,2", "paths.runs=r"]
     ]
     # FLOPs of a Table 2 run: 10 epochs of 1.28M images, the pretrained model's evaluation,
-    # SGD and SWA evaluations after epochs 5 and 10, two full BN-refresh passes
+    # SGD and SWA evaluations after epochs 5 and 10 (SWA's with a full BN-refresh pass), the 3
+    # EMAs there too (each 2 test passes and a refresh); no SWAG
     cfg = compose_config(["experiment=imagenet/resnet50_swa"])
     m = 4.1e9
-    expected = 6 * m * 1_281_167 * 10 + 2 * m * ((1 + 2 + 2) * 50_000 + 2 * 1_281_167)
+    expected = 6 * m * 1_281_167 * 10 + 2 * m * ((1 + 2 + 2 + 12) * 50_000 + 8 * 1_281_167)
     assert sweep.run_flops(cfg, m, 0) == pytest.approx(expected, rel=1e-12)
     cfg.bn_refresh_images = 100_000
-    expected = 6 * m * 1_281_167 * 10 + 2 * m * ((1 + 2 + 2) * 50_000 + 2 * 100_000)
+    expected = 6 * m * 1_281_167 * 10 + 2 * m * ((1 + 2 + 2 + 12) * 50_000 + 8 * 100_000)
     assert sweep.run_flops(cfg, m, 0) == pytest.approx(expected, rel=1e-12)
 
     # the sweep goes on past a failing run, then reports its exit code
@@ -498,21 +502,14 @@ def test_a_run_stopped_mid_epoch_resumes_exactly(image_folder, tmp_path):
     """SIGTERM at the 2nd of 3 steps of epoch 2: the run checkpoints after that step and exits
     75; the relaunch continues the DataLoader pass at step 3 and ends bitwise equal."""
     overrides = tiny(image_folder)
-    whole = subprocess.run(
-        [sys.executable, "-m", "swa_repro.train", *overrides, f"paths.runs={tmp_path / 'whole'}"],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )  # fmt: skip
+    train_cli = ["-m", "swa_repro.train", *overrides]
+    whole = launch.run([*train_cli, f"paths.runs={tmp_path / 'whole'}"], REPO, timeout=300)
     assert whole.returncode == 0, whole.stderr[-2000:]
     runs = f"paths.runs={tmp_path / 'stopped'}"
-    crash = [sys.executable, str(REPO / "tests/helpers/crash_run.py"), "step:5", "TERM", "--"]
-    stopped = subprocess.run(
-        [*crash, *overrides, runs], capture_output=True, text=True, cwd=REPO, timeout=300
-    )
+    crash = [str(REPO / "tests/helpers/crash_run.py"), "step:5", "TERM", "--"]
+    stopped = launch.run([*crash, *overrides, runs], REPO, timeout=300)
     assert stopped.returncode == 75 and "at epoch 2 step 2" in stopped.stderr
-    resumed = subprocess.run(
-        [sys.executable, "-m", "swa_repro.train", *overrides, runs],
-        capture_output=True, text=True, cwd=REPO, timeout=300,
-    )  # fmt: skip
+    resumed = launch.run([*train_cli, runs], REPO, timeout=300)
     assert (
         resumed.returncode == 0
         and "resuming" in resumed.stdout

@@ -182,6 +182,33 @@ def test_draw_panel_does_not_modify_arrays(inputs):
         np.testing.assert_array_equal(data[key], value, err_msg=key)
 
 
+def test_a_non_square_plane_is_drawn_with_x_across_and_y_up(monkeypatch):
+    """Values [i_x, j_y] on 5 x 3 nodes: contourf gets rows of y and columns of x, so a value
+    that grows with x only is drawn growing to the right (a transposed drawing fails here)."""
+    import matplotlib.pyplot as plt
+
+    x, y = np.linspace(0.0, 8.0, 5), np.linspace(0.0, 3.0, 3)
+    values = np.repeat(np.linspace(1.0, 40.0, 5)[:, None], 3, axis=1)  # [i_x, j_y]: x only
+    data = {"x": x, "y": y, "test_err": values, "config": {}}
+    drawn = {}
+    contourf = plt.Axes.contourf
+
+    def spy(ax, *args, **kwargs):
+        drawn["x"], drawn["y"], drawn["z"] = args[:3]
+        return contourf(ax, *args, **kwargs)
+
+    monkeypatch.setattr(plt.Axes, "contourf", spy)
+    fig, ax = plt.subplots()
+    plane.draw_panel(fig, ax, data, "test_err", vmax=40.0)
+    plt.close(fig)
+    assert drawn["z"].shape == (3, 5)  # (rows: y, columns: x)
+    np.testing.assert_array_equal(drawn["x"], x)
+    np.testing.assert_array_equal(drawn["y"], y)
+    for i in range(5):
+        for j in range(3):
+            assert drawn["z"][j, i] == pytest.approx(values[i, j])
+
+
 def test_log_levels_between_floor_and_vmax():
     values = np.array([[0.05, 1.0, np.nan], [7.0, 2.0, 0.3]])
     levels = plane.log_levels(values, vmax=5.0, n=9)
