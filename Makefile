@@ -45,15 +45,15 @@ demo: install
 	$(PY) plots/reliability.py $(word 1,$(DEMO_RUN_DIRS)):sgd,ema_0.99 \
 		$(word 2,$(DEMO_RUN_DIRS)):swa,ema_0.99,swag_diag,swag --out figures/demo/reliability.png
 
-# one pytest-xdist worker per core; a file's tests sharing costly module fixtures stay on one (xdist_group)
+# one pytest-xdist worker per core; costly runs are computed once and shared (tests/conftest.py)
 test: install
-	$(PY) -m pytest -q -n auto --dist loadgroup
+	$(PY) -m pytest -q -n auto
 
 test-slow: install
 	$(PY) -m pytest -q -m slow
 
 test-all: install
-	$(PY) -m pytest -q -n auto --dist loadgroup -m "slow or not slow"
+	$(PY) -m pytest -q -n auto -m "slow or not slow"
 
 # Default: small_cnn on CPU (under a minute on 2 idle cores, a few when loaded); PreResNet164 and WRN28x10 on 50k images on a GPU (estimated 15-30 min).
 BENCH_ARGS ?=

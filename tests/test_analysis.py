@@ -23,12 +23,7 @@ from swa_repro.analysis.rays import compute_rays, ray_direction
 from swa_repro.analysis.specs import load_point
 from swa_repro.analysis.trajectory import compute_trajectory
 from swa_repro.checkpoint import load_checkpoint
-from swa_repro.compose import compose_config
 from swa_repro.layout import RunPaths
-from swa_repro.train import train
-
-# its module fixtures are computed once: every test of the file on one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("analysis")
 
 RUN_OVERRIDES = [
     "experiment=synthetic/small_cnn_swa",
@@ -45,13 +40,11 @@ RUN_OVERRIDES = [
 
 
 @pytest.fixture(scope="session")
-def run_dir(tmp_path_factory):
-    """An SWA run keeping epochs 2, 5 (asked), 3, 4 (budget readings); averaging from epoch 3."""
+def run_dir(trained_run):
+    """An SWA run keeping epochs 2, 5 (asked), 3, 4 (budget readings); averaging from epoch 3.
+    From here on one thread, in the module fixtures as in the tests (one summation order)."""
     torch.set_num_threads(1)
-    root = tmp_path_factory.mktemp("analysis_run") / "swa"
-    cfg = compose_config(RUN_OVERRIDES)
-    train(cfg, root)
-    return root
+    return trained_run(RUN_OVERRIDES, "analysis_run")
 
 
 @pytest.fixture(scope="session")

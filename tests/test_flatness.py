@@ -70,9 +70,6 @@ from swa_repro.config_check import ConfigError
 from swa_repro.layout import RunPaths
 from swa_repro.train import train
 
-# its module fixtures are computed once: every test of the file on one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("flatness")
-
 # --------------------------------------------------------------------------- a tiny BN network
 
 

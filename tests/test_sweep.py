@@ -24,14 +24,12 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import computed_once
 from swa_repro import layout
 from swa_repro import sweep as swa_sweep
 from swa_repro.compose import compose_config
 from swa_repro.layout import RunPaths
 from swa_repro.train import train
-
-# its module fixtures are computed once: every test of the file on one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("sweep")
 
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
@@ -112,14 +110,21 @@ def plan_states(output: str) -> dict[tuple[str, int], str]:
     return states
 
 
-@pytest.fixture(scope="module")
-def sweep(tmp_path_factory):
-    """The synthetic Table 1 sweep, run once: 2 methods x 2 seeds through the Hydra multirun."""
-    root = tmp_path_factory.mktemp("sweep")
-    runs = root / "runs"
-    (root / "README.md").write_text(README_TEXT)
-    proc = run(sweep_command(root, runs), cwd=root)
-    return {"root": root, "runs": runs, "proc": proc}
+@pytest.fixture(scope="session")
+def sweep(shared_dir):
+    """The synthetic Table 1 sweep, run once per session (every pytest-xdist worker reads the same
+    one): 2 methods x 2 seeds through the Hydra multirun."""
+
+    def run_sweep(root: Path) -> None:
+        (root / "README.md").write_text(README_TEXT)
+        proc = run(sweep_command(root, root / "runs"), cwd=root)
+        (root / "sweep.json").write_text(json.dumps([proc.returncode, proc.stdout, proc.stderr]))
+
+    root = computed_once(shared_dir, "sweep", run_sweep)
+    code, out, err = json.loads((root / "sweep.json").read_text())
+    proc = subprocess.CompletedProcess(sweep_command(root, root / "runs"), code, out, err)
+    proc.output = out + err  # type: ignore[attr-defined]
+    return {"root": root, "runs": root / "runs", "proc": proc}
 
 
 def test_sweep_runs_all_and_aggregates(sweep):

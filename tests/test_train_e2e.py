@@ -10,13 +10,11 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
+from conftest import computed_once
 from swa_repro import layout
 from swa_repro.compose import compose_config
 from swa_repro.layout import RunPaths
 from swa_repro.train import train
-
-# its module fixtures are computed once: every test of the file on one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("train_e2e")
 
 SWA_OVERRIDES = [
     "data.train_size=512",
@@ -105,10 +103,18 @@ def _check_plausible(record: dict, prefix: str) -> None:
 # --------------------------------------------------------------------------- SWA through the CLI
 
 
-@pytest.fixture(scope="module")
-def swa_run(tmp_path_factory):
-    runs = tmp_path_factory.mktemp("runs_swa")
-    proc = _run_cli(runs, SWA_OVERRIDES)
+@pytest.fixture(scope="session")
+def swa_run(shared_dir):
+    """The SWA run through the CLI, once per session (shared by the pytest-xdist workers)."""
+
+    def run_cli(folder: Path) -> None:
+        proc = _run_cli(folder / "runs", SWA_OVERRIDES)
+        (folder / "cli.json").write_text(json.dumps([proc.returncode, proc.stdout, proc.stderr]))
+
+    folder = computed_once(shared_dir, "e2e_swa_cli", run_cli)
+    runs = folder / "runs"
+    code, out, err = json.loads((folder / "cli.json").read_text())
+    proc = subprocess.CompletedProcess(["swa_repro.train", *SWA_OVERRIDES], code, out, err)
     return proc, runs, layout.run_dir(runs, "synthetic", "small_cnn", "swa", 0)
 
 

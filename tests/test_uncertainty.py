@@ -36,9 +36,6 @@ from swa_repro.posterior import PosteriorSettings, model_average
 from swa_repro.swag import Swag
 from swa_repro.train import train
 
-# its module fixtures are computed once: every test of the file on one pytest-xdist worker
-pytestmark = pytest.mark.xdist_group("uncertainty")
-
 REPO = Path(__file__).resolve().parents[1]
 TINY = [
     "data.train_size=320", "data.val_size=64", "data.test_size=96", "epochs=4", "budget=3",
