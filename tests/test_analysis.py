@@ -36,6 +36,7 @@ RUN_OVERRIDES = [
     "progress=false",
     "device=cpu",
     "checkpoint.keep_epochs=[2,5]",
+    "swag.samples=2",
 ]
 
 
