@@ -20,6 +20,7 @@ import torch
 from omegaconf import OmegaConf
 
 from conftest import TINY_DATA, run_main, tiny
+from helpers import launch
 from swa_repro import aggregate, bench, demo, figures, layout, sweep
 from swa_repro import train as swa_train
 from swa_repro.cli import EXIT_USER_ERROR
@@ -41,13 +42,8 @@ def _run_cli(runs: Path, overrides: list[str]) -> subprocess.CompletedProcess:
 def _run_cli_process(runs: Path, overrides: list[str]) -> subprocess.CompletedProcess:
     """The same through a real `python -m swa_repro.train` process."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "swa_repro.train", *overrides, f"paths.runs={runs}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    args = ["-m", "swa_repro.train", *overrides, f"paths.runs={runs}"]
+    return launch.run(args, Path.cwd(), env, timeout=120)
 
 
 def _assert_stopped_before_training(proc: subprocess.CompletedProcess, runs: Path) -> None:

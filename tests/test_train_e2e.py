@@ -4,13 +4,13 @@ import json
 import math
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from omegaconf import OmegaConf
 
 from conftest import computed_once
+from helpers import launch
 from swa_repro import layout
 from swa_repro.compose import compose_config
 from swa_repro.layout import RunPaths
@@ -63,14 +63,10 @@ SWA_KEYS = ("swa_test_loss", "swa_test_acc", "swa_test_nll", "swa_test_ece", "n_
 
 
 def _run_cli(runs: Path, overrides: list[str]) -> subprocess.CompletedProcess:
+    """A real `python -m swa_repro.train` process (forked from the preloaded server)."""
     env = dict(os.environ, PYTHONUNBUFFERED="1", OMP_NUM_THREADS="1")
-    return subprocess.run(
-        [sys.executable, "-m", "swa_repro.train", *overrides, f"paths.runs={runs}"],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
+    args = ["-m", "swa_repro.train", *overrides, f"paths.runs={runs}"]
+    return launch.run(args, Path.cwd(), env, timeout=300)
 
 
 def _compose(*overrides: str):

@@ -27,10 +27,30 @@ from pathlib import Path
 PRELOAD = ["helpers.launch_entry"]  # what the server imports once (torch, swa_repro, crash_run)
 
 
+TESTS = str(Path(__file__).resolve().parents[1])
+
+
 def _context():
     context = multiprocessing.get_context("forkserver")
     context.set_forkserver_preload(PRELOAD)
+    _start_server()
     return context
+
+
+def _start_server() -> None:
+    """Start the server (once) with tests/ importable: multiprocessing silently skips a preload
+    module the server cannot import, and every launch would then import torch itself."""
+    from multiprocessing import forkserver
+
+    saved = os.environ.get("PYTHONPATH")
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [TESTS, saved]))
+    try:
+        forkserver.ensure_running()
+    finally:
+        if saved is None:
+            del os.environ["PYTHONPATH"]
+        else:
+            os.environ["PYTHONPATH"] = saved
 
 
 def stop_server() -> None:

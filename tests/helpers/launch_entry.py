@@ -12,6 +12,10 @@ import torch._dynamo  # noqa: F401  (imported by the first optimiser otherwise: 
 
 import swa_repro.train
 from helpers import crash_run
+from swa_repro.compose import check_overrides
+
+# What every launch would do first, done once here: Hydra's plugin discovery and config parsing.
+check_overrides(["experiment=synthetic/small_cnn_swa"])
 
 CRASH_RUN = Path(crash_run.__file__).resolve()
 
