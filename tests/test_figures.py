@@ -17,7 +17,7 @@ from swa_repro.config_check import ConfigError
 from swa_repro.layout import RunPaths
 from swa_repro.run_files import RunFiles
 
-TINY = "data.train_size=192 data.test_size=96 optim.batch_size=64 swag.samples=2"
+TINY = "data.train_size=128 data.test_size=64 optim.batch_size=64 swag.samples=2 ema.decays=[0.99]"
 FIGURES = [
     "convergence",
     "fig1_plane_sgd_swa",
