@@ -54,8 +54,8 @@ def test_bench_tiny_writes_every_field(tmp_path):
     result = run(
         [
             "--size=tiny",
-            "--train-size=256",
-            "--test-size=128",
+            "--train-size=128",
+            "--test-size=64",
             "--repeats=2",
             "--ref-workers=1",
             f"--out={out}",
