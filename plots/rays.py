@@ -1,4 +1,5 @@
-"""Width figure: train loss and test error along random rays from w_SWA and from w_SGD.
+"""Width figure: train loss and test error along random rays from w_SWA, w_SGD and any other
+origin (the EMAs).
 
     python plots/rays.py RAYS.npz --out figures/rays.png [--metrics train_loss test_err]
 

@@ -131,25 +131,26 @@ def run_main(
     stdout and stderr captured, the exit code of SystemExit (a message: printed, exit 1) or of
     an uncaught exception (traceback on stderr, exit 1)."""
     out, err = io.StringIO(), io.StringIO()
-    saved_argv, code = sys.argv, 0
-    sys.argv = [getattr(main, "__module__", "main"), *argv]
+    saved_argv, saved_cwd, code = sys.argv, os.getcwd(), 0
+    sys.argv = command = [getattr(main, "__module__", "main"), *argv]
     try:
+        os.chdir(cwd or saved_cwd)
         with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            with contextlib.chdir(cwd or os.getcwd()):
-                try:
-                    main()
-                except SystemExit as exc:
-                    if isinstance(exc.code, int) or exc.code is None:
-                        code = exc.code or 0
-                    else:
-                        print(exc.code, file=sys.stderr)
-                        code = 1
-                except Exception:
-                    traceback.print_exc()
+            try:
+                main()
+            except SystemExit as exc:
+                if isinstance(exc.code, int) or exc.code is None:
+                    code = exc.code or 0
+                else:
+                    print(exc.code, file=sys.stderr)
                     code = 1
+            except Exception:
+                traceback.print_exc()
+                code = 1
     finally:
         sys.argv = saved_argv
-    return subprocess.CompletedProcess([sys.argv[0], *argv], code, out.getvalue(), err.getvalue())
+        os.chdir(saved_cwd)
+    return subprocess.CompletedProcess(command, code, out.getvalue(), err.getvalue())
 
 
 # --- image folders ------------------------------------------------------------------------------

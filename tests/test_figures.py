@@ -124,3 +124,24 @@ def test_missing_runs_are_one_line_errors_with_the_command_that_trains_them(tmp_
         f"make reproduce-cifar100 MODELS=vgg16 SEEDS=2 RUNS={tmp_path / 'runs'}"
     ]
     assert not (tmp_path / "runs").exists()
+
+
+def test_steps_run_in_process_with_the_commands_exit_codes(tmp_path, capsys, monkeypatch):
+    """A step returns its command's exit code (a message: 1, printed) and leaves sys.argv and
+    sys.path as they were; a stopped training step's 75 / 130 end the figures with that code, any
+    other failure with one line and exit 1."""
+    argv, path = list(sys.argv), list(sys.path)
+    assert figures.in_process(["-m", "swa_repro.analysis", "nosuch"]) == 2
+    script = tmp_path / "step.py"
+    script.write_text("import sys\nsys.exit('error: a message' if sys.argv[1] == 'x' else 0)\n")
+    assert figures.in_process([str(script), "x"]) == 1
+    assert figures.in_process([str(script), "y"]) == 0
+    assert (sys.argv, sys.path) == (argv, path)
+    err = capsys.readouterr().err
+    assert "analysis name 'nosuch' unknown" in err and "error: a message" in err
+
+    for code, expected in ((75, 75), (130, 130), (3, "error: step failed (exit 3); rerun")):
+        monkeypatch.setattr(figures, "in_process", lambda argv, code=code: code)
+        with pytest.raises(SystemExit) as stop:
+            figures.run([sys.executable, "-m", "swa_repro.train", "epochs=1"])
+        assert str(stop.value.code).startswith(str(expected))

@@ -335,7 +335,7 @@ def signalled_run(runs: Path, driver: list[str], *signals: tuple[Path, int]):
 
 
 @pytest.mark.parametrize(("point", "action", "sig", "saved_at", "message", "code"), SIGNAL_CASES)
-def test_stop_signal_checkpoints_exits_75_and_resumes(
+def test_a_stop_signal_checkpoints_exits_75_or_130_and_resumes(
     tmp_path, reference, point, action, sig, saved_at, message, code
 ):
     runs = tmp_path / "runs"

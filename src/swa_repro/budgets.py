@@ -26,6 +26,12 @@ def budget_epochs(cfg: DictConfig) -> dict[int, list[str]]:
     return readings
 
 
+def ema_eval_epochs(cfg: DictConfig) -> set[int] | None:
+    """The (1-based) epochs at which the EMAs are evaluated: the budget readings and the last
+    epoch (ema.eval=budgets), or None: every evaluated epoch (ema.eval=every)."""
+    return None if cfg.ema.eval == "every" else {*budget_epochs(cfg), cfg.epochs}
+
+
 def is_eval_epoch(done: int, cfg: DictConfig, readings_at: dict[int, list[str]]) -> bool:
     """Evaluate after epoch 1 (if eval_first_epoch), every eval_every epochs, the last epoch and
     the budget epochs (1-based)."""

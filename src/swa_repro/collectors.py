@@ -35,7 +35,7 @@ from omegaconf import DictConfig
 from torch import nn
 
 from swa_repro.averaging import is_averaging_epoch, make_averaged_model
-from swa_repro.budgets import budget_epochs
+from swa_repro.budgets import ema_eval_epochs
 from swa_repro.distributed import Distributed
 
 
@@ -141,6 +141,6 @@ def build_collectors(
         collectors.append(swa)
         if cfg.swag.collect:
             collectors.append(SwagCollector(swa, cfg.swag))
-    eval_epochs = None if cfg.ema.eval == "every" else {*budget_epochs(cfg), cfg.epochs}
+    eval_epochs = ema_eval_epochs(cfg)
     collectors += [EMA(model, decay, eval_epochs, dist) for decay in cfg.ema.decays]
     return collectors

@@ -29,7 +29,7 @@ import math
 import runpy
 import shlex
 import sys
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,11 +43,11 @@ from swa_repro.analysis.flatness import (
     AroundSettings,
     HessianSettings,
     SharpnessSettings,
-    ema_specs,
 )
 from swa_repro.cli import first_line, one_line_errors, read_yaml, table_runs_command
 from swa_repro.config_check import ConfigError, is_number
 from swa_repro.layout import RunPaths
+from swa_repro.preemption import EXIT_INTERRUPTED, EXIT_PREEMPTED
 from swa_repro.run_files import RunFiles, write_text_atomic
 from swa_repro.sweep import load_bench, macs_per_image, split_sizes
 
@@ -98,8 +98,10 @@ FGE_CYCLE_EPOCHS = 2  # conf/analysis/fge.yaml's cycle_epochs (one sample per cy
 def run(command: list[str]) -> None:
     """Run one step, printed first as the command that does the same by hand, in this process:
     the interpreter start and the imports (seconds each) are paid once, not per step."""
-    print("+ " + " ".join(command), flush=True)
+    print("+ " + shlex.join(command), flush=True)
     code = in_process(command[1:])
+    if code in (EXIT_PREEMPTED, EXIT_INTERRUPTED):  # the step checkpointed and said how to resume
+        sys.exit(code)
     if code != 0:
         sys.exit(f"error: step failed (exit {code}); rerun the same command to continue")
 
@@ -404,7 +406,7 @@ def analyses(
         [f"w0={swa_run.kept(start)}:model", f"w1={sgd_point}", f"w2={swa_point}", f"labels=[epoch {start},SGD,SWA]", *grid],
         base,
     )  # fmt: skip
-    fge_samples(figs, base, sgd_run.kept(fge_start), max(6, sgd_cfg.budget - fge_start))
+    fge_samples(figs, base, sgd_run.kept(fge_start), fge_epochs(sgd_cfg, fge_start))
     analysis(
         "line", data_dir / "line.npz",
         [f"swa={swa_point}", f"sgd={sgd_point}", f"n_points={args.line_points}"],
@@ -427,11 +429,17 @@ def analyses(
 
 
 def flatness_settings(figs: Figures, n_train: int) -> dict[str, dict]:
-    """Analysis -> its settings of --flatness, subsets no larger than the `n_train` images."""
+    """Analysis -> every setting of --flatness (the analysis' defaults where it names none, so
+    that a stored result made with other sizes is never taken for this one), subsets no larger
+    than the `n_train` images."""
     subsets = ("images", "density_images")
+    resolved = {
+        name: asdict(FLATNESS_SETTINGS[name](**given))
+        for name, given in FLATNESS[figs.args.flatness].items()
+    }
     return {
         name: {k: min(v, n_train) if k in subsets and v is not None else v for k, v in s.items()}
-        for name, s in FLATNESS[figs.args.flatness].items()
+        for name, s in resolved.items()
     }
 
 
@@ -446,6 +454,11 @@ def flatness_analyses(
         overrides = [f"{key}={json.dumps(value)}" for key, value in settings.items()]
         out = layout.analysis_file(figs.runs, figs.setup, figs.seed, name)
         analysis(name, out, [*origins, *overrides], base)
+
+
+def fge_epochs(sgd_cfg: DictConfig, fge_start: int) -> int:
+    """FGE's length: the rest of the SGD run from `fge_start`, at least 3 cycles of 2 epochs."""
+    return max(3 * FGE_CYCLE_EPOCHS, sgd_cfg.budget - fge_start)
 
 
 def fge_samples(figs: Figures, base: list[str], checkpoint: Path, epochs: int) -> None:
@@ -511,15 +524,15 @@ def planned(
     """The passes over the data of every analysis the figures run (swa_repro.analysis_cost),
     by output file stem."""
     args, (n, m) = figs.args, split_sizes(swa_cfg)
-    point, fge_epochs = analysis_cost.point(n, m), max(6, sgd_cfg.budget - fge_start)
-    origins = 2 + len(ema_specs(RunPaths(figs.run_dir("swa")).last))
+    point = analysis_cost.point(n, m)
+    origins = 2 + len(swa_cfg.ema.decays)  # SGD, SWA and each EMA of the SWA run
     flat = {
         name: FLATNESS_SETTINGS[name](**settings)
         for name, settings in flatness_settings(figs, n).items()
     }
     return {
         "plane": point * args.grid**2,
-        "fge": analysis_cost.fge(fge_epochs, FGE_CYCLE_EPOCHS, n, m),
+        "fge": analysis_cost.fge(fge_epochs(sgd_cfg, fge_start), FGE_CYCLE_EPOCHS, n, m),
         "plane_fge": point * args.grid**2,
         "line": point * args.line_points,
         "rays": point * (origins * args.rays_directions * args.rays_distances),

@@ -45,7 +45,7 @@ import torch
 from torch.utils.flop_counter import FlopCounterMode
 
 from swa_repro import REPO_ROOT, aggregate
-from swa_repro.budgets import budget_epochs, is_eval_epoch
+from swa_repro.budgets import budget_epochs, ema_eval_epochs, is_eval_epoch
 from swa_repro.cli import one_line_errors, parse_seeds, read_json
 from swa_repro.config_check import ConfigError
 from swa_repro.fast import Speed
@@ -112,7 +112,8 @@ def averaged_model_passes(cfg, evals: list[int], epochs_done: int) -> tuple[int,
     at its evaluation epochs (the BN-averaged ablation: one test pass; the refreshed model: one
     refresh and one test pass), and at an SWA run's end `swag.samples` samples of each SWAG
     variant (each one refresh and one test pass)."""
-    ema_epochs = set(evals) if cfg.ema.eval == "every" else {*budget_epochs(cfg), cfg.epochs}
+    ema_epochs = ema_eval_epochs(cfg)
+    ema_epochs = set(evals) if ema_epochs is None else ema_epochs
     ema_evals = len(ema_epochs.intersection(evals)) * len(cfg.ema.decays)
     swag_samples = 0
     if cfg.method.swa and cfg.swag.collect and epochs_done < cfg.epochs:

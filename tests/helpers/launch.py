@@ -24,6 +24,9 @@ import tempfile
 import time
 from pathlib import Path
 
+if sys.platform == "win32":  # pragma: no cover
+    raise ImportError("tests/helpers/launch.py needs fork (POSIX)")
+
 PRELOAD = ["helpers.launch_entry"]  # what the server imports once (torch, swa_repro, crash_run)
 
 
@@ -121,7 +124,3 @@ def run(
 ) -> subprocess.CompletedProcess:
     """Launch and wait: subprocess.run(..., capture_output=True, text=True) of `python ARGS`."""
     return start(args, cwd, env).result(timeout)
-
-
-if sys.platform == "win32":  # pragma: no cover
-    raise ImportError("tests/helpers/launch.py needs fork (POSIX)")
