@@ -39,7 +39,7 @@ from swa_repro import REPO_ROOT, sharpness_table, uncertainty_table
 from swa_repro.cli import check_output_folder, one_line_errors, parse_seeds, read_json, read_yaml
 from swa_repro.config_check import ConfigError
 from swa_repro.layout import RunPaths
-from swa_repro.run_files import RunStatus, write_text_atomic
+from swa_repro.run_files import RunStatus, write_tables, write_text_atomic
 from swa_repro.table_runs import TableRun, check_models, experiment_name, table_models
 
 PAPER_FILE = REPO_ROOT / "experiments" / "paper_results.yaml"
@@ -290,16 +290,12 @@ def to_rows(dataset: str, rows: dict[str, dict[str, Cell]]) -> list[dict]:
 
 
 def write_outputs(table: str, dataset: str, rows, out_dir: Path) -> tuple[Path, Path]:
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = result_name(table, dataset)
-    md, csv_path = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
-    write_text_atomic(md, to_markdown(table, dataset, rows))
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=CSV_FIELDS)
     writer.writeheader()
     writer.writerows(to_rows(dataset, rows))
-    write_text_atomic(csv_path, buffer.getvalue())
-    return md, csv_path
+    markdown = to_markdown(table, dataset, rows)
+    return write_tables(out_dir, result_name(table, dataset), markdown, buffer.getvalue())
 
 
 def update_readme(readme: Path, key: str, markdown: str) -> None:
@@ -403,10 +399,8 @@ def run(argv: list[str] | None = None) -> int:
     paper = read_paper(args.paper)
     extra = split_overrides(args.extra)
     rows = build_table(args.table, args.dataset, args.runs, models, seeds, paper, extra)
-    md, csv_path = write_outputs(args.table, args.dataset, rows, args.out)
+    md, _ = write_outputs(args.table, args.dataset, rows, args.out)
     markdown = md.read_text()
-    print(markdown)
-    print(f"wrote {md} and {csv_path}")
     has_results = any(cell.values for cells in rows.values() for cell in cells.values())
     if args.readme is not None and has_results:
         update_readme(args.readme, result_name(args.table, args.dataset), markdown)

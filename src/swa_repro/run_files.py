@@ -293,3 +293,15 @@ def _differences(a, b, prefix: str = "") -> set[str]:
 
 def write_text_atomic(path: Path, text: str) -> None:
     write_atomic(path, text.encode())
+
+
+def write_tables(out_dir: Path, stem: str, markdown: str, csv_text: str) -> tuple[Path, Path]:
+    """A results table as out_dir/stem.md and .csv (each written atomically), printed with the
+    paths; the two paths."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    md, csv_path = out_dir / f"{stem}.md", out_dir / f"{stem}.csv"
+    write_text_atomic(md, markdown)
+    write_text_atomic(csv_path, csv_text)
+    print(markdown)
+    print(f"wrote {md} and {csv_path}")
+    return md, csv_path

@@ -46,7 +46,7 @@ from swa_repro.analysis.points import METRICS
 from swa_repro.cli import check_output_folder, figure_runs_command, parse_seeds
 from swa_repro.config_check import ConfigError
 from swa_repro.layout import analysis_file
-from swa_repro.run_files import write_text_atomic
+from swa_repro.run_files import write_tables
 from swa_repro.table_runs import check_models, table_models
 
 KEYS = {  # what the table reads of each analysis' .npz
@@ -380,9 +380,8 @@ def main(argv: list[str], default_out: Path) -> None:
     seeds, width = parse_seeds(args.seeds), Width(args.width_metric, args.width_rise)
     check_output_folder(args.out, f"--out {args.out}")
     tables = build(args.dataset, args.runs, models, seeds, width)
-    args.out.mkdir(parents=True, exist_ok=True)
-    md, csv_path = (args.out / f"sharpness_{args.dataset}.{ext}" for ext in ("md", "csv"))
-    write_text_atomic(md, to_markdown(args.dataset, tables, width))
-    write_text_atomic(csv_path, to_csv(args.dataset, tables, width))
-    print(md.read_text())
-    print(f"wrote {md} and {csv_path}")
+    markdown, csv_text = (
+        to_markdown(args.dataset, tables, width),
+        to_csv(args.dataset, tables, width),
+    )
+    write_tables(args.out, f"sharpness_{args.dataset}", markdown, csv_text)

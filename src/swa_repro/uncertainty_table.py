@@ -33,7 +33,7 @@ from omegaconf import OmegaConf
 from swa_repro import run_files
 from swa_repro.cli import check_output_folder, parse_seeds, read_json, read_yaml
 from swa_repro.config_check import ConfigError
-from swa_repro.run_files import RunFiles, write_text_atomic
+from swa_repro.run_files import RunFiles, write_tables
 
 MODELS = ("vgg16", "preresnet110", "preresnet164", "wrn28x10")
 METRICS = (("acc", 2), ("nll", 4), ("ece", 4), ("brier", 4))
@@ -236,9 +236,5 @@ def main(argv: list[str], paper_file: Path, default_out: Path) -> None:
     paper = OmegaConf.to_container(read_yaml(args.paper, "--paper")).get("uncertainty", {})
     heldout = args.heldout_runs or args.runs / "heldout"
     table = build(args.dataset, args.runs, heldout, models, seeds)
-    args.out.mkdir(parents=True, exist_ok=True)
-    md, csv_path = (args.out / f"uncertainty_{args.dataset}.{ext}" for ext in ("md", "csv"))
-    write_text_atomic(md, to_markdown(args.dataset, table, paper))
-    write_text_atomic(csv_path, to_csv(args.dataset, table, paper))
-    print(md.read_text())
-    print(f"wrote {md} and {csv_path}")
+    markdown, csv_text = to_markdown(args.dataset, table, paper), to_csv(args.dataset, table, paper)
+    write_tables(args.out, f"uncertainty_{args.dataset}", markdown, csv_text)
