@@ -815,14 +815,23 @@ def test_rates_from_flop_counts_or_a_benchmark():
     bench = {"path": Path("bench_gpu_faithful.json"), "device": "H100", "rates": {"m": rates},
              "speed": {"channels_last": False, "bf16": False, "tf32": False, "compile": False,
                        "eval_batch_size": None, "bn_refresh_batch_size": None}}  # fmt: skip
-    measured = analysis_cost.measured_rates(bench, "m")
+    bench["batch_size"] = 128
+
+    def run_cfg(model="m", batch_size=128, image_size=32):
+        return OmegaConf.create({"model": {"name": model}, "optim": {"batch_size": batch_size},
+                                 "data": {"image_size": image_size}})  # fmt: skip
+
+    measured = analysis_cost.measured_rates(bench, run_cfg())
     assert (measured.forward, measured.refresh, measured.gradient, measured.hvp) == (
         900.0, 800.0, 300.0, 150.0,
     )  # fmt: skip
     assert "measured by bench_gpu_faithful.json on H100" in measured.basis
-    assert analysis_cost.measured_rates(bench, "other") is None
+    assert analysis_cost.measured_rates(bench, run_cfg(model="other")) is None
     fast = {**bench, "speed": {**bench["speed"], "bf16": True}}  # not how the analyses run
-    assert analysis_cost.measured_rates(fast, "m") is None
+    assert analysis_cost.measured_rates(fast, run_cfg()) is None
+    # another batch size or image size than the benchmark measured: not its figures
+    assert analysis_cost.measured_rates(bench, run_cfg(batch_size=256)) is None
+    assert analysis_cost.measured_rates(bench, run_cfg(image_size=224)) is None
 
 
 @pytest.fixture(scope="module")

@@ -120,10 +120,14 @@ def flop_rates(macs: float, tflops: float = TFLOPS) -> Rates:
     )
 
 
-def measured_rates(bench: dict | None, model: str) -> Rates | None:
-    """Images/s measured by a benchmark (sweep.load_bench) for `model` in fp32 with the
-    authors' batches (speed faithful), as the analyses run; None if it has no such figures."""
+def measured_rates(bench: dict | None, cfg) -> Rates | None:
+    """Images/s measured by a benchmark (sweep.load_bench) for the run's model, batch size and
+    CIFAR-sized images in fp32 (speed faithful), as the analyses run; None if it has no such
+    figures."""
+    model = cfg.model.name
     if bench is None or model not in bench["rates"] or bench["speed"] != Speed().as_dict():
+        return None
+    if cfg.optim.batch_size != bench["batch_size"] or cfg.data.get("image_size", 32) != 32:
         return None
     r = bench["rates"][model]
     ratio = r.get("hvp_over_gradient")

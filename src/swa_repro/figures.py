@@ -556,7 +556,7 @@ def left_to_do(npz: Path) -> float:
 def print_plan(figs: Figures, passes: dict[str, analysis_cost.Passes], cfg: DictConfig) -> None:
     """Each analysis with its state and GPU-hours left, measured (the GPU benchmark JSON, where
     it measured the model) or from FLOP counts."""
-    rates = analysis_cost.measured_rates(load_bench(None), cfg.model.name)
+    rates = analysis_cost.measured_rates(load_bench(None), cfg)
     if rates is None:
         image_size = cfg.data.get("image_size", 32)
         macs = macs_per_image(cfg.model.name, cfg.data.num_classes, image_size)
