@@ -105,12 +105,13 @@ class Launched:
         deadline = None if timeout is None else time.monotonic() + timeout
         try:
             self.wait(None if deadline is None else max(0.0, deadline - time.monotonic()))
+            out, err = ((self._logs / name).read_text() for name in ("stdout", "stderr"))
         except subprocess.TimeoutExpired:
             self.kill()
             self.wait()
             raise
-        out, err = ((self._logs / name).read_text() for name in ("stdout", "stderr"))
-        shutil.rmtree(self._logs, ignore_errors=True)
+        finally:
+            shutil.rmtree(self._logs, ignore_errors=True)
         return subprocess.CompletedProcess(self.args, self.returncode, out, err)
 
 

@@ -31,7 +31,8 @@ def child(args: list[str], cwd: str, env: dict[str, str], logs: str) -> None:
         os.close(file)
     sys.stdout = open(1, "w", buffering=1, closefd=False)  # noqa: SIM115 (the process's own)
     sys.stderr = open(2, "w", buffering=1, closefd=False)  # noqa: SIM115
-    torch.set_num_threads(int(env.get("OMP_NUM_THREADS", "1")))
+    if "OMP_NUM_THREADS" in env:  # as the command would read it at its start
+        torch.set_num_threads(int(env["OMP_NUM_THREADS"]))
     if args[:2] == ["-m", "swa_repro.train"]:
         sys.argv = [swa_repro.train.__file__, *args[2:]]
         swa_repro.train.cli()
