@@ -114,6 +114,26 @@ def trained_run(shared_dir) -> Callable[..., Path]:
     return trained
 
 
+# Tests of tens of seconds, run first so that the pytest-xdist workers end together; the tests
+# that read the shared sweep run last, so that no worker waits while another makes it.
+FIRST = (
+    "test_sweep.py::test_sweep_runs_all_and_aggregates",
+    "test_figures.py::test_figures_demo_end_to_end_and_idempotent",
+    "test_distributed.py::test_a_preempted_distributed_run_resumes_exactly",
+)
+
+
+def pytest_collection_modifyitems(items):
+    """The order above (stable otherwise: the same on every worker, as xdist requires)."""
+
+    def rank(item) -> int:
+        if item.nodeid.endswith(FIRST):
+            return 0
+        return 2 if "sweep" in getattr(item, "fixturenames", ()) else 1
+
+    items.sort(key=rank)
+
+
 def pytest_sessionfinish(session):
     """Stop the server of tests/helpers/launch.py, if a test started it."""
     launch = sys.modules.get("helpers.launch")

@@ -19,6 +19,7 @@ import pytest
 import torch
 
 from conftest import swa_of, write_image_folder
+from helpers import launch as helpers_launch
 from swa_repro import layout
 from swa_repro.checkpoint import load_checkpoint
 from swa_repro.layout import RunPaths
@@ -32,9 +33,9 @@ ENV = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
 def launch(processes: int, overrides: list[str], script: list[str] | None = None):
     """`python -m swa_repro.train` (or a helper script) in `processes` processes."""
     program = script or ["-m", "swa_repro.train"]
+    if processes == 1 and script is None:  # one process: forked from the preloaded server
+        return helpers_launch.run([*program, *overrides], REPO, ENV, timeout=600)
     command = [*TORCHRUN, str(processes), *program, *overrides]
-    if processes == 1 and script is None:
-        command = [sys.executable, "-m", "swa_repro.train", *overrides]
     return subprocess.run(command, capture_output=True, text=True, cwd=REPO, env=ENV, timeout=600)
 
 
