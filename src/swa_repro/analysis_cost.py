@@ -39,7 +39,7 @@ from swa_repro.analysis.flatness import AroundSettings, HessianSettings, Sharpne
 from swa_repro.fast import Speed
 
 EIGSH_PRODUCTS = 100  # Hessian-vector products of one eigsh call (assumed; see the docstring)
-HVP_OVER_GRADIENT = 4.0  # assumed where not measured (CPU: 3.4-4.4, docs/performance.md)
+HVP_OVER_GRADIENT = 4.0  # assumed where not measured (CPU: 3.55-4.96, docs/performance.md)
 TFLOPS = 30.0  # sustained TFLOP/s of the FLOP-count estimate (as sweep's --tflops default)
 
 

@@ -92,7 +92,6 @@ FLATNESS = {
 }  # fmt: skip
 FLATNESS_SETTINGS = {"hessian": HessianSettings, "sharpness": SharpnessSettings,
                      "around": AroundSettings}  # fmt: skip
-FGE_CYCLE_EPOCHS = 2  # conf/analysis/fge.yaml's cycle_epochs (one sample per cycle)
 
 
 def run(command: list[str]) -> None:
@@ -457,8 +456,14 @@ def flatness_analyses(
 
 
 def fge_epochs(sgd_cfg: DictConfig, fge_start: int) -> int:
-    """FGE's length: the rest of the SGD run from `fge_start`, at least 3 cycles of 2 epochs."""
-    return max(3 * FGE_CYCLE_EPOCHS, sgd_cfg.budget - fge_start)
+    """FGE's length: the rest of the SGD run from `fge_start`, at least 3 FGE cycles."""
+    return max(3 * fge_cycle_epochs(), sgd_cfg.budget - fge_start)
+
+
+def fge_cycle_epochs() -> int:
+    """The fge analysis' cycle length (one sample per cycle), as its config file sets it."""
+    path = Path(analysis_command.ANALYSIS_CONF_DIR) / "fge.yaml"
+    return int(read_yaml(path, "the fge analysis config").cycle_epochs)
 
 
 def fge_samples(figs: Figures, base: list[str], checkpoint: Path, epochs: int) -> None:
@@ -532,7 +537,7 @@ def planned(
     }
     return {
         "plane": point * args.grid**2,
-        "fge": analysis_cost.fge(fge_epochs(sgd_cfg, fge_start), FGE_CYCLE_EPOCHS, n, m),
+        "fge": analysis_cost.fge(fge_epochs(sgd_cfg, fge_start), fge_cycle_epochs(), n, m),
         "plane_fge": point * args.grid**2,
         "line": point * args.line_points,
         "rays": point * (origins * args.rays_directions * args.rays_distances),
